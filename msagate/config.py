@@ -1,0 +1,305 @@
+# -*- test-case-name: tests.test_config -*-
+"""
+msagate's configuration: an INI file read once at start-up into frozen
+values.
+
+Every option is declared once, in L{OPTIONS}, with its default and its
+meaning; C{etc/msagate.ini} mirrors the declarations and a test keeps the
+two in step.  Any problem stops start-up with one L{ConfigError} line that
+names the file, the section and the option.
+"""
+
+from __future__ import annotations
+
+import configparser
+import os
+import socket
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from msagate.address import isDomain, parseMailbox
+from msagate.errors import ConfigError
+
+LISTENER_PREFIX = "listener:"
+TLS_MODES = ("starttls", "implicit")
+TLS_VERSIONS = ("TLSv1.2", "TLSv1.3")
+CHECKERS = ("htpasswd",)
+SENDER_DEFAULTS = ("login", "none")
+
+
+@dataclass(frozen=True)
+class Option:
+    """
+    One option of the configuration file.
+
+    @ivar section: the section it belongs to.
+    @ivar name: its name.
+    @ivar default: its value when absent, as text; L{None} when the
+        option is required, C{""} when it is optional and empty.
+    @ivar kind: how its text becomes a value: C{"text"}, C{"path"},
+        C{"integer"}, C{"seconds"}, C{"boolean"} or C{"choice"}.
+    @ivar choices: the allowed values of a C{"choice"}.
+    """
+
+    section: str
+    name: str
+    default: str | None
+    kind: str = "text"
+    choices: tuple[str, ...] = ()
+
+
+OPTIONS = (
+    Option("server", "hostname", ""),
+    Option("server", "spool", None, "path"),
+    Option("server", "auth_threads", "8", "integer"),
+    Option("server", "spool_threads", "4", "integer"),
+    Option("tls", "certificate", None, "path"),
+    Option("tls", "key", None, "path"),
+    Option("tls", "minimum_version", "TLSv1.2", "choice", TLS_VERSIONS),
+    Option("auth", "checker", "htpasswd", "choice", CHECKERS),
+    Option("auth", "htpasswd", "", "path"),
+    Option("auth", "max_failures", "3", "integer"),
+    Option("auth", "failure_delay", "1", "seconds"),
+    Option("senders", "map", "", "path"),
+    Option("senders", "default", "login", "choice", SENDER_DEFAULTS),
+    Option("senders", "detail_delimiter", "+"),
+    Option("limits", "message_size", "26214400", "integer"),
+    Option("limits", "recipients", "100", "integer"),
+    Option("limits", "errors", "20", "integer"),
+    Option("limits", "idle_timeout", "300", "seconds"),
+    Option("limits", "line_length", "1000", "integer"),
+    Option("limits", "header_size", "262144", "integer"),
+    Option("message", "received_client_address", "yes", "boolean"),
+    Option("message", "max_received", "100", "integer"),
+    Option("message", "postmaster", ""),
+)
+
+LISTENER_OPTIONS = (
+    Option(LISTENER_PREFIX + "*", "endpoint", None),
+    Option(LISTENER_PREFIX + "*", "tls", None, "choice", TLS_MODES),
+)
+
+_MINIMUMS = {
+    "auth_threads": 1,
+    "spool_threads": 1,
+    "max_failures": 1,
+    "message_size": 65536,
+    "recipients": 100,
+    "errors": 1,
+    "idle_timeout": 1,
+    "line_length": 1000,
+    "header_size": 1000,
+    "max_received": 1,
+}
+
+
+@dataclass(frozen=True)
+class Listener:
+    """
+    A listening socket.
+
+    @ivar name: the part of the section name after C{listener:}.
+    @ivar endpoint: a Twisted server endpoint string (C{tcp:587},
+        C{systemd:domain=INET:name=submission}, C{haproxy:tcp:587}...).
+    @ivar tls: C{"starttls"} (the client starts TLS with STARTTLS, RFC
+        3207) or C{"implicit"} (TLS from the first byte, RFC 8314).
+    """
+
+    name: str
+    endpoint: str
+    tls: str
+
+
+@dataclass(frozen=True)
+class Config:
+    """
+    The whole configuration; see C{etc/msagate.ini} for each option.
+    """
+
+    path: str
+    hostname: str
+    spool: str
+    authThreads: int
+    spoolThreads: int
+    listeners: tuple[Listener, ...]
+    certificate: str
+    key: str
+    tlsMinimumVersion: str
+    checker: str
+    htpasswd: str
+    maxAuthFailures: int
+    authFailureDelay: float
+    senderMap: str
+    senderDefault: str
+    detailDelimiter: str
+    messageSize: int
+    recipients: int
+    errors: int
+    idleTimeout: float
+    lineLength: int
+    headerSize: int
+    receivedClientAddress: bool
+    maxReceived: int
+    postmaster: str
+
+
+def loadConfig(path: str) -> Config:
+    """
+    Read and check the configuration file at C{path}.
+
+    @raise ConfigError: when the file cannot be read or an option is
+        missing, unknown or invalid.
+    """
+    parser = configparser.ConfigParser(interpolation=None)
+    try:
+        with open(path, encoding="utf-8") as file:
+            parser.read_file(file)
+    except (OSError, UnicodeDecodeError, configparser.Error) as error:
+        raise ConfigError(path, "*", None, _describe(error)) from None
+
+    reader = _Reader(path, parser)
+    reader.rejectUnknown()
+    values = {option.name: reader.get(option) for option in OPTIONS}
+    listeners = tuple(reader.listeners())
+
+    hostname = values["hostname"] or socket.getfqdn()
+    if not isDomain(hostname) or "." not in hostname:
+        problem = f"{hostname!r} is not a fully qualified domain name"
+        raise ConfigError(path, "server", "hostname", problem)
+    if values["checker"] == "htpasswd" and not values["htpasswd"]:
+        problem = "required when checker = htpasswd"
+        raise ConfigError(path, "auth", "htpasswd", problem)
+
+    return Config(
+        path=path,
+        hostname=hostname,
+        spool=values["spool"],
+        authThreads=values["auth_threads"],
+        spoolThreads=values["spool_threads"],
+        listeners=listeners,
+        certificate=values["certificate"],
+        key=values["key"],
+        tlsMinimumVersion=values["minimum_version"],
+        checker=values["checker"],
+        htpasswd=values["htpasswd"],
+        maxAuthFailures=values["max_failures"],
+        authFailureDelay=values["failure_delay"],
+        senderMap=values["map"],
+        senderDefault=values["default"],
+        detailDelimiter=values["detail_delimiter"],
+        messageSize=values["message_size"],
+        recipients=values["recipients"],
+        errors=values["errors"],
+        idleTimeout=values["idle_timeout"],
+        lineLength=values["line_length"],
+        headerSize=values["header_size"],
+        receivedClientAddress=values["received_client_address"],
+        maxReceived=values["max_received"],
+        postmaster=reader.postmaster(values["postmaster"], hostname),
+    )
+
+
+class _Reader:
+    """
+    Turns the parsed sections into values, or into L{ConfigError}s.
+    """
+
+    def __init__(self, path: str, parser: configparser.ConfigParser):
+        self.path = path
+        self.parser = parser
+        self.base = os.path.dirname(os.path.abspath(path))
+
+    def fail(self, section: str, option: str | None, problem: str):
+        raise ConfigError(self.path, section, option, problem)
+
+    def rejectUnknown(self) -> None:
+        known: dict[str, set[str]] = {}
+        for option in OPTIONS:
+            known.setdefault(option.section, set()).add(option.name)
+        listenerNames = {option.name for option in LISTENER_OPTIONS}
+        for section in self.parser.sections():
+            if section.startswith(LISTENER_PREFIX):
+                names = listenerNames
+            elif section in known:
+                names = known[section]
+            else:
+                self.fail(section, None, "unknown section")
+            for name in self.parser[section]:
+                if name not in names:
+                    self.fail(section, name, "unknown option")
+
+    def get(self, option: Option, section: str | None = None):
+        section = section or option.section
+        text = self.parser.get(section, option.name, fallback=None)
+        if text is None or not text.strip():
+            if option.default is None:
+                self.fail(section, option.name, "required but not set")
+            text = option.default
+        convert = getattr(self, "_" + option.kind)
+        return convert(text.strip(), section, option)
+
+    def listeners(self):
+        sections = [
+            section
+            for section in self.parser.sections()
+            if section.startswith(LISTENER_PREFIX)
+        ]
+        if not sections:
+            self.fail("listener:submission", None, "no listener configured")
+        for section in sections:
+            endpoint, tls = (
+                self.get(option, section) for option in LISTENER_OPTIONS
+            )
+            yield Listener(section[len(LISTENER_PREFIX) :], endpoint, tls)
+
+    def postmaster(self, text: str, hostname: str) -> str:
+        if not text:
+            return "postmaster@" + hostname.split(".", 1)[-1]
+        try:
+            mailbox = parseMailbox(text)
+        except ValueError as error:
+            self.fail("message", "postmaster", str(error))
+        if not mailbox.isQualified:
+            self.fail("message", "postmaster", "domain is not qualified")
+        return text
+
+    def _text(self, text: str, section: str, option: Option) -> str:
+        return text
+
+    def _path(self, text: str, section: str, option: Option) -> str:
+        return os.path.join(self.base, text) if text else ""
+
+    def _integer(self, text: str, section: str, option: Option) -> int:
+        value = self._number(text, section, option, int)
+        return value
+
+    def _seconds(self, text: str, section: str, option: Option) -> float:
+        return self._number(text, section, option, float)
+
+    def _number(self, text, section, option, kind: Callable):
+        try:
+            value = kind(text)
+        except ValueError:
+            self.fail(section, option.name, f"{text!r} is not a number")
+        minimum = _MINIMUMS.get(option.name, 0)
+        if value < minimum:
+            self.fail(section, option.name, f"must be at least {minimum}")
+        return value
+
+    def _boolean(self, text: str, section: str, option: Option) -> bool:
+        states = configparser.ConfigParser.BOOLEAN_STATES
+        if text.lower() not in states:
+            self.fail(section, option.name, f"{text!r} is not yes or no")
+        return states[text.lower()]
+
+    def _choice(self, text: str, section: str, option: Option) -> str:
+        if text not in option.choices:
+            allowed = ", ".join(option.choices)
+            self.fail(section, option.name, f"must be one of {allowed}")
+        return text
+
+
+def _describe(error: Exception) -> str:
+    if isinstance(error, OSError):
+        return f"cannot read: {error.strerror}"
+    return str(error).splitlines()[0]

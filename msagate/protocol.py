@@ -1,0 +1,860 @@
+# -*- test-case-name: tests.test_protocol -*-
+"""
+The ESMTP submission protocol.
+
+Implements the server side of RFC 5321 as RFC 6409 restricts it for
+submission, with the extensions PIPELINING (RFC 2920), SIZE (RFC 1870),
+8BITMIME (RFC 6152), ENHANCEDSTATUSCODES (RFC 2034, RFC 3463), STARTTLS
+(RFC 3207) and AUTH (RFC 4954) with PLAIN and LOGIN.
+
+The protocol parses, sequences and limits; it asks the cred portal who the
+user is, the user's account which senders it may use, and the spool to keep
+the message.  It never knows what backs any of them.
+
+Session states, in the order a session goes through them:
+
+  - B{connected}: greeted; on a STARTTLS listener, only EHLO, HELO,
+    STARTTLS, NOOP, RSET, HELP and QUIT are served until TLS is up.
+  - B{TLS}: entered by the handshake after STARTTLS, or from the first byte
+    on an implicit TLS listener.  Everything learnt before STARTTLS is
+    forgotten and the client must greet again (RFC 3207 section 4.2).
+  - B{authenticated}: entered by a successful AUTH; MAIL, RCPT and DATA are
+    served from here on (RFC 6409 section 4.3).
+  - B{transaction}: from an accepted MAIL until the end of DATA, RSET, a
+    new EHLO or HELO.
+
+Input is handled one command at a time: while a command waits for an
+answer (the credential check, the spool's fsync), later pipelined input
+stays in the buffer, so replies always come in order (RFC 2920 section
+3.2).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import secrets
+from dataclasses import dataclass, field
+
+from twisted.cred.error import UnauthorizedLogin
+from twisted.internet import defer
+from twisted.internet.interfaces import IHandshakeListener, ISSLTransport
+from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.task import deferLater
+from twisted.logger import Logger
+from twisted.protocols.policies import TimeoutMixin
+from zope.interface import implementer
+
+from msagate import maillog, replies
+from msagate._data import DataReader
+from msagate.address import (
+    AddressError,
+    Mailbox,
+    decodeXtext,
+    isHelloArgument,
+    parseMailbox,
+    parseParameters,
+    parsePath,
+    splitPathArgument,
+)
+from msagate.envelope import Envelope
+from msagate.errors import TemporaryAuthFailure
+from msagate.intake import MessageIntake
+from msagate.interfaces import IAccount
+from msagate.message import TraceInfo
+from msagate.replies import Refused, Reply
+from msagate.sasl import MECHANISMS, SASLFailure
+
+# RFC 5321 section 4.5.3.1.4 asks for 512 octets; extensions add to that.
+MAX_COMMAND_LINE = 2048
+# RFC 4954 section 4: an AUTH line must hold any offered mechanism's data.
+MAX_AUTH_LINE = 12288
+# Input held while a command is pending, before reading from the socket
+# pauses.
+MAX_PENDING_INPUT = 65536
+
+UNIMPLEMENTED = frozenset(
+    {"ETRN", "ATRN", "TURN", "EXPN", "BDAT", "SEND", "SOML", "SAML"}
+)
+
+
+@dataclass(frozen=True)
+class SessionSettings:
+    """
+    What a submission session needs to know of the configuration.
+
+    @ivar hostname: this server's fully qualified name.
+    @ivar messageSize: the largest message accepted, in octets.
+    @ivar recipients: the most recipients accepted per message.
+    @ivar errors: the failed commands after which the session is closed.
+    @ivar idleTimeout: seconds without input before the session is closed.
+    @ivar lineLength: the longest message line, CRLF included.
+    @ivar headerSize: the largest header section held in memory.
+    @ivar maxAuthFailures: failed AUTHs after which the session is closed.
+    @ivar authFailureDelay: seconds the nth failed AUTH waits, times n.
+    @ivar receivedClientAddress: whether Received shows the client's IP.
+    @ivar maxReceived: how many Received fields mean a mail loop.
+    @ivar postmaster: where mail for C{<Postmaster>} goes.
+    """
+
+    hostname: str
+    messageSize: int = 26214400
+    recipients: int = 100
+    errors: int = 20
+    idleTimeout: float = 300
+    lineLength: int = 1000
+    headerSize: int = 262144
+    maxAuthFailures: int = 3
+    authFailureDelay: float = 1
+    receivedClientAddress: bool = True
+    maxReceived: int = 100
+    postmaster: str = ""
+
+
+@dataclass
+class _Transaction:
+    sender: Mailbox | None
+    body: str
+    recipients: list[str] = field(default_factory=list)
+
+
+class _Close(Exception):
+    """
+    Raised inside the protocol to end the session after a reply.
+    """
+
+
+@implementer(IHandshakeListener)
+class SubmissionProtocol(Protocol, TimeoutMixin):
+    """
+    One submission session; see the module docstring for its states.
+
+    @ivar factory: the L{SubmissionFactory} that made it.
+    """
+
+    log = Logger()
+
+    def __init__(self, factory: SubmissionFactory) -> None:
+        self.factory = factory
+        self.settings = factory.settings
+        self.callLater = factory.reactor.callLater
+        self.session = secrets.token_hex(5)
+        self._buffer = b""
+        self._busy = False
+        self._closed = False
+        self._overlongLine = False
+        self._tls = factory.implicitTLS
+        self._hello: str | None = None
+        self._esmtp = False
+        self._account: IAccount | None = None
+        self._logout = None
+        self._transaction: _Transaction | None = None
+        self._sasl = None
+        self._reader: DataReader | None = None
+        self._intake: MessageIntake | None = None
+        self._writer = None
+        self._errors = 0
+        self._authFailures = 0
+        self._commands: dict[str, list[int]] = {}
+
+    # Connection events.
+
+    def connectionMade(self) -> None:
+        self.factory.sessions.add(self)
+        self.peer = _describePeer(self.transport.getPeer())
+        maillog.connected(self.session, self.peer, self.factory.name)
+        self.setTimeout(self.settings.idleTimeout)
+        self._reply(replies.GREETING.fill(host=self.settings.hostname))
+
+    def connectionLost(self, reason=None) -> None:
+        self._closed = True
+        self.setTimeout(None)
+        self.factory.sessions.discard(self)
+        self._abortMessage()
+        if self._logout is not None:
+            self._logout()
+        user = self._account.user if self._account else ""
+        maillog.disconnected(self.session, self.peer, user, self._commands)
+
+    def handshakeCompleted(self) -> None:
+        version, cipher = _tlsDescription(self.transport)
+        maillog.tlsStarted(self.session, version or "", cipher or "")
+
+    def timeoutConnection(self) -> None:
+        # RFC 5321 section 4.5.3.2.7: at least 5 minutes, then 421.
+        self._reply(replies.IDLE_TIMEOUT)
+        self.transport.loseConnection()
+
+    def shutDown(self) -> None:
+        """
+        Tell the client the service is stopping (RFC 5321 section 3.8).
+        """
+        if not self._closed:
+            self._reply(replies.SHUTTING_DOWN)
+            self.transport.loseConnection()
+
+    def dataReceived(self, data: bytes) -> None:
+        self.resetTimeout()
+        self._buffer += data
+        self._process()
+        if self._busy and len(self._buffer) > MAX_PENDING_INPUT:
+            self.transport.pauseProducing()
+
+    # The input loop.
+
+    def _process(self) -> None:
+        while self._buffer and not self._busy and not self._closed:
+            if self._reader is not None:
+                rest = self._reader.feed(self._buffer)
+                self._buffer = b""
+                if rest is None:
+                    return
+                self._buffer = rest
+                self._finishData()
+                continue
+
+            line, crlf, rest = self._buffer.partition(b"\r\n")
+            if not crlf:
+                self._holdPartialLine()
+                return
+            self._buffer = rest
+            if self._overlongLine or len(line) > MAX_AUTH_LINE:
+                self._overlongLine = False
+                self._lineTooLong()
+            else:
+                self._lineReceived(line)
+
+    def _holdPartialLine(self) -> None:
+        # RFC 5321 section 4.5.3.1.5: refuse an over-long line, and resume
+        # at the next CRLF without reading any part of it as a command.
+        if len(self._buffer) > MAX_AUTH_LINE:
+            self._buffer = self._buffer[-1:]
+            self._overlongLine = True
+
+    def _lineTooLong(self) -> None:
+        if self._sasl is not None:
+            self._sasl = None
+            self._reply(replies.AUTH_LINE_TOO_LONG)
+        else:
+            self._reply(replies.LINE_TOO_LONG)
+
+    def _lineReceived(self, line: bytes) -> None:
+        try:
+            if self._sasl is not None:
+                self._authResponse(line)
+            else:
+                self._command(line)
+        except _Close:
+            self.transport.loseConnection()
+            self._closed = True
+
+    def _command(self, line: bytes) -> None:
+        verb, _, argument = line.partition(b" ")
+        verb = verb.upper()
+        try:
+            verbText = verb.decode("ascii")
+            text = argument.decode("ascii")
+        except UnicodeDecodeError:
+            self._reply(replies.NOT_ASCII)
+            return
+        if not verbText.isalpha():
+            self._reply(replies.UNKNOWN_COMMAND)
+            return
+
+        handler = getattr(self, "do_" + verbText, None)
+        if handler is None:
+            unknown = verbText in UNIMPLEMENTED
+            self._reply(
+                replies.NOT_IMPLEMENTED if unknown else replies.UNKNOWN_COMMAND
+            )
+            return
+        if len(line) > MAX_COMMAND_LINE and verbText != "AUTH":
+            self._reply(replies.LINE_TOO_LONG)
+            return
+        if any(c < " " or c == "\x7f" for c in text):
+            self._reply(replies.BAD_SYNTAX, verbText)
+            return
+
+        refusal = self._gate(verbText)
+        if refusal is not None:
+            self._reply(refusal, verbText)
+            return
+        self._run(verbText, lambda: handler(text))
+
+    def _gate(self, verb: str) -> Reply | None:
+        """
+        The table of which commands each state serves (RFC 3207 section 4,
+        RFC 4954 section 6).
+        """
+        if verb in ("EHLO", "HELO", "NOOP", "RSET", "QUIT", "HELP"):
+            return None
+        if not self._tls:
+            if verb == "STARTTLS":
+                return None
+            return replies.TLS_REQUIRED
+        if verb in ("STARTTLS", "AUTH"):
+            return None
+        if self._account is None:
+            return replies.AUTH_REQUIRED
+        return None
+
+    def _run(self, verb: str, call) -> None:
+        """
+        Run one command's C{call} and send its reply, now or when the
+        L{defer.Deferred} it returns fires.
+        """
+        try:
+            result = call()
+        except Refused as refusal:
+            self._refuse(verb, refusal)
+            return
+        except _Close:
+            raise
+        except Exception:
+            self.log.failure(
+                "{session}: {verb} failed", session=self.session, verb=verb
+            )
+            self._reply(replies.LOCAL_ERROR, verb)
+            return
+        if isinstance(result, defer.Deferred):
+            self._wait(verb, result)
+        elif result is not None:
+            self._reply(result, verb)
+
+    def _wait(self, verb: str, pending: defer.Deferred) -> None:
+        """
+        Hold further input until C{pending} fires with the reply.
+        """
+        self._busy = True
+
+        def replied(reply: Reply | None) -> None:
+            if reply is not None:
+                self._reply(reply, verb)
+
+        def refused(failure) -> None:
+            if failure.check(Refused):
+                self._refuse(verb, failure.value)
+            elif failure.check(_Close):
+                self.transport.loseConnection()
+                self._closed = True
+            else:
+                self.log.failure(
+                    "{session}: {verb} failed",
+                    failure,
+                    session=self.session,
+                    verb=verb,
+                )
+                self._reply(replies.LOCAL_ERROR, verb)
+
+        def resume(ignored: object) -> None:
+            self._busy = False
+            if self._closed:
+                return
+            self.transport.resumeProducing()
+            self._process()
+
+        pending.addCallbacks(replied, refused)
+        pending.addBoth(resume)
+
+    # Replies.
+
+    def _reply(self, reply: Reply, verb: str = "", *lines: str) -> None:
+        if self._closed:
+            return
+        if verb and reply.code != 354:
+            counts = self._commands.setdefault(verb, [0, 0])
+            counts[0] += not reply.isFailure
+            counts[1] += 1
+        self.transport.write(reply.format(*lines))
+        if reply.isFailure and reply.code not in (421, 535, 454):
+            self._countError()
+
+    def _refuse(self, stage: str, refusal: Refused) -> None:
+        maillog.rejected(self.session, stage, refusal.reply, refusal.reason)
+        self._reply(refusal.reply, stage)
+
+    def _countError(self) -> None:
+        # RFC 5321 section 7.8: a client that keeps failing is cut off.
+        self._errors += 1
+        if self._errors >= self.settings.errors:
+            self.transport.write(replies.TOO_MANY_ERRORS.format())
+            self.transport.loseConnection()
+            self._closed = True
+
+    # Greetings and session commands.
+
+    def do_EHLO(self, argument: str) -> None:
+        self._greet(argument, esmtp=True)
+
+    def do_HELO(self, argument: str) -> None:
+        self._greet(argument, esmtp=False)
+
+    def _greet(self, argument: str, esmtp: bool) -> None:
+        verb = "EHLO" if esmtp else "HELO"
+        if not isHelloArgument(argument):
+            raise Refused(replies.BAD_DOMAIN, f"bad {verb} {argument!r}")
+        self._hello, self._esmtp = argument, esmtp
+        self._transaction = None
+
+        greeting = replies.HELO_OK.fill(
+            host=self.settings.hostname, client=argument
+        )
+        keywords = self._keywords() if esmtp else ()
+        self._reply(greeting, verb, *keywords)
+
+    def _keywords(self) -> list[str]:
+        keywords = [
+            "PIPELINING",
+            f"SIZE {self.settings.messageSize}",
+            "8BITMIME",
+            "ENHANCEDSTATUSCODES",
+        ]
+        if not self._tls and self.factory.contextFactory is not None:
+            keywords.append("STARTTLS")
+        if self._tls:
+            keywords.append("AUTH " + " ".join(MECHANISMS))
+        return keywords
+
+    def do_NOOP(self, argument: str) -> Reply:
+        return replies.OK
+
+    def do_HELP(self, argument: str) -> Reply:
+        return replies.HELP
+
+    def do_VRFY(self, argument: str) -> Reply:
+        # RFC 5321 section 3.5.3: never confirm or deny a user.
+        return replies.VRFY_CANNOT
+
+    def do_RSET(self, argument: str) -> Reply:
+        if argument:
+            return replies.NO_ARGUMENTS
+        self._transaction = None
+        return replies.OK
+
+    def do_QUIT(self, argument: str) -> None:
+        if argument:
+            raise Refused(replies.NO_ARGUMENTS)
+        self._reply(replies.CLOSING, "QUIT")
+        raise _Close()
+
+    def do_STARTTLS(self, argument: str) -> Reply | None:
+        if self._tls:
+            return replies.TLS_ACTIVE
+        if argument:
+            return replies.NO_ARGUMENTS
+        if self.factory.contextFactory is None:
+            return replies.TLS_UNAVAILABLE
+
+        self._reply(replies.READY_FOR_TLS, "STARTTLS")
+        # RFC 3207 section 6: nothing the client sent in plaintext after
+        # STARTTLS may be acted on (CVE-2011-0411).
+        self._buffer = b""
+        self.transport.startTLS(self.factory.contextFactory)
+        self._tls = True
+        self._hello, self._esmtp, self._transaction = None, False, None
+        return None
+
+    # Authentication.
+
+    def do_AUTH(self, argument: str) -> Reply | defer.Deferred | None:
+        if self._account is not None:
+            return replies.AUTH_ALREADY
+        if self._transaction is not None:
+            return replies.AUTH_IN_TRANSACTION
+        if not self._esmtp:
+            return replies.SAY_HELLO
+        name, _, initial = argument.partition(" ")
+        mechanism = MECHANISMS.get(name.upper())
+        if mechanism is None:
+            return replies.AUTH_UNKNOWN_MECHANISM
+        if " " in initial:
+            return replies.BAD_SYNTAX
+
+        self._sasl = mechanism()
+        if not initial:
+            return self._saslStep(self._sasl.start, None)
+        # RFC 4954 section 4: "=" is an empty initial response.
+        decoded = b"" if initial == "=" else _decodeBase64(initial)
+        if decoded is None:
+            return self._authAbort(replies.AUTH_BAD_BASE64)
+        return self._saslStep(self._sasl.start, decoded)
+
+    def _authResponse(self, line: bytes) -> None:
+        if line == b"*":
+            self._reply(self._authAbort(replies.AUTH_CANCELLED), "AUTH")
+            return
+        decoded = _decodeBase64(line.decode("latin-1"))
+        if decoded is None:
+            self._reply(self._authAbort(replies.AUTH_BAD_BASE64), "AUTH")
+            return
+        step = self._sasl.respond
+        self._run("AUTH", lambda: self._saslStep(step, decoded))
+
+    def _saslStep(self, step, response: bytes | None):
+        try:
+            outcome = step(response)
+        except SASLFailure as failure:
+            return self._login(None, str(failure))
+        if isinstance(outcome, bytes):
+            challenge = base64.b64encode(outcome).decode("ascii")
+            self._reply(replies.AUTH_CHALLENGE.fill(challenge=challenge))
+            return None
+        return self._login(outcome, "")
+
+    def _authAbort(self, reply: Reply) -> Reply:
+        self._sasl = None
+        return reply
+
+    def _login(self, credentials, problem: str) -> defer.Deferred:
+        mechanism = self._sasl.name
+        self._sasl = None
+        if credentials is None:
+            attempt = defer.fail(UnauthorizedLogin(problem))
+        else:
+            attempt = defer.maybeDeferred(
+                self.factory.portal.login, credentials, None, IAccount
+            )
+        return attempt.addCallbacks(
+            self._loggedIn,
+            self._loginFailed,
+            callbackArgs=(mechanism,),
+            errbackArgs=(mechanism,),
+        )
+
+    def _loggedIn(self, result, mechanism: str) -> Reply:
+        interface, account, logout = result
+        if self._closed:
+            logout()
+            return replies.AUTH_OK
+        self._account, self._logout = account, logout
+        maillog.authenticated(self.session, account.user, mechanism)
+        return replies.AUTH_OK
+
+    def _loginFailed(self, failure, mechanism: str):
+        if failure.check(TemporaryAuthFailure):
+            reply = replies.AUTH_TEMPORARY
+            maillog.authFailed(
+                self.session, mechanism, reply, str(failure.value)
+            )
+            return reply
+        if not failure.check(UnauthorizedLogin):
+            return failure
+
+        self._authFailures += 1
+        last = self._authFailures >= self.settings.maxAuthFailures
+        reply = replies.TOO_MANY_AUTH_FAILURES if last else replies.AUTH_FAILED
+        maillog.authFailed(self.session, mechanism, reply, "bad credentials")
+        # A failure answers only after a delay that grows with each one,
+        # to slow down password guessing (RFC 4954 section 9).
+        delay = self.settings.authFailureDelay * self._authFailures
+        return deferLater(self.factory.reactor, delay, self._failed, reply)
+
+    def _failed(self, reply: Reply) -> Reply:
+        if reply.code == 421:
+            self._reply(reply, "AUTH")
+            raise _Close()
+        return reply
+
+    # The mail transaction.
+
+    def do_MAIL(self, argument: str) -> Reply:
+        if self._hello is None:
+            return replies.SAY_HELLO
+        if self._transaction is not None:
+            return replies.NESTED_MAIL
+        path, parameters = _splitPath(
+            argument, "FROM", replies.BAD_SENDER_SYNTAX
+        )
+        sender = _parsePath(path, replies.BAD_SENDER_SYNTAX)
+        body = self._mailParameters(parameters)
+
+        if sender is not None:
+            if not sender.isQualified:
+                raise Refused(replies.SENDER_NOT_QUALIFIED, str(sender))
+            if not self._account.maySendAs(sender):
+                reason = f"user {self._account.user} may not use <{sender}>"
+                raise Refused(replies.SENDER_NOT_OWNED, reason)
+        self._transaction = _Transaction(sender, body)
+        return replies.SENDER_OK
+
+    def _mailParameters(self, text: str) -> str:
+        parameters = _parseParameters(text)
+        body = parameters.pop("BODY", "7BIT")
+        size = parameters.pop("SIZE", "0")
+        auth = parameters.pop("AUTH", "<>")
+        if parameters:
+            raise Refused(replies.UNKNOWN_PARAMETER, " ".join(parameters))
+
+        if body is None or body.upper() not in ("7BIT", "8BITMIME"):
+            raise Refused(replies.BAD_PARAMETER, "BODY")
+        if size is None or not (size.isdigit() and len(size) <= 20):
+            raise Refused(replies.BAD_PARAMETER, "SIZE")
+        if int(size) > self.settings.messageSize:
+            raise Refused(replies.SIZE_EXCEEDED, f"SIZE={size}")
+        # RFC 4954 section 5: AUTH= must be accepted, but from a client it
+        # is never trusted; its value is checked and then dropped.
+        try:
+            decodeXtext(auth or "")
+        except AddressError:
+            raise Refused(replies.BAD_PARAMETER, "AUTH") from None
+        return body.upper()
+
+    def do_RCPT(self, argument: str) -> Reply:
+        if self._transaction is None:
+            return replies.NEED_MAIL
+        path, parameters = _splitPath(
+            argument, "TO", replies.BAD_RECIPIENT_SYNTAX
+        )
+        if parameters:
+            raise Refused(replies.UNKNOWN_PARAMETER, parameters)
+        recipient = self._recipient(path)
+
+        # RFC 6409 section 4.2.
+        if not recipient.isQualified:
+            raise Refused(replies.RECIPIENT_NOT_QUALIFIED, str(recipient))
+        recipients = self._transaction.recipients
+        if len(recipients) >= self.settings.recipients:
+            raise Refused(replies.TOO_MANY_RECIPIENTS)
+        if str(recipient) not in recipients:
+            recipients.append(str(recipient))
+        return replies.RECIPIENT_OK
+
+    def _recipient(self, path: str) -> Mailbox:
+        # RFC 5321 section 4.5.1: <Postmaster> without a domain, any case.
+        if path.lower() == "<postmaster>":
+            hostname = self.settings.hostname
+            postmaster = self.settings.postmaster or f"postmaster@{hostname}"
+            return parseMailbox(postmaster)
+        recipient = _parsePath(path, replies.BAD_RECIPIENT_SYNTAX)
+        if recipient is None:
+            raise Refused(replies.BAD_RECIPIENT_SYNTAX, "null recipient")
+        return recipient
+
+    def do_DATA(self, argument: str) -> Reply | None:
+        if argument:
+            return replies.NO_ARGUMENTS
+        if self._transaction is None:
+            return replies.NEED_MAIL
+        if not self._transaction.recipients:
+            return replies.NEED_RCPT
+        if self._buffer:
+            # The client did not wait for 354: the message would be read
+            # from input the server never agreed to take as data.
+            self._reply(replies.PIPELINED_DATA, "DATA")
+            raise _Close()
+
+        self._startMessage()
+        if self._intake is None:
+            return replies.LOCAL_ERROR
+        self._reply(replies.START_DATA, "DATA")
+        return None
+
+    def _startMessage(self) -> None:
+        transaction, now = self._transaction, self.factory.reactor.seconds()
+        envelope = Envelope(
+            sender=str(transaction.sender or ""),
+            recipients=tuple(transaction.recipients),
+            user=self._account.user,
+            received=now,
+            body=transaction.body,
+            client=self.peer,
+        )
+        try:
+            self._writer = self.factory.spool.begin(envelope)
+        except OSError as error:
+            self.log.error(
+                "{session}: cannot open a spool file: {error}",
+                session=self.session,
+                error=error.strerror,
+            )
+            self._transaction = None
+            return
+
+        self._intake = MessageIntake(
+            self._writer,
+            self._account,
+            self._trace(self._writer.queueID),
+            now=now,
+            hostname=self.settings.hostname,
+            headerSize=self.settings.headerSize,
+            maxReceived=self.settings.maxReceived,
+        )
+        self._reader = DataReader(
+            self._intake.receive,
+            self.settings.messageSize,
+            self.settings.lineLength,
+        )
+
+    def _trace(self, queueID: str) -> TraceInfo:
+        version, cipher = _tlsDescription(self.transport)
+        address = self.transport.getPeer()
+        client = getattr(address, "host", None)
+        if not self.settings.receivedClientAddress:
+            client = None
+        return TraceInfo(
+            helo=self._hello or "",
+            clientAddress=client,
+            byHost=self.settings.hostname,
+            protocol="ESMTPSA" if self._tls else "ESMTPA",
+            queueID=queueID,
+            recipients=list(self._transaction.recipients),
+            tlsVersion=version,
+            tlsCipher=cipher,
+        )
+
+    def _finishData(self) -> None:
+        reader, intake, writer = self._reader, self._intake, self._writer
+        transaction = self._transaction
+        self._reader = self._intake = self._writer = None
+        self._transaction = None
+        intake.finish()
+
+        refusal = _readerRefusal(reader, self.settings) or intake.refusal
+        if refusal is not None:
+            writer.abort()
+            self._refuse("DATA", refusal)
+            return
+        committed = writer.commit()
+        committed.addCallback(self._queued, writer, transaction)
+        committed.addErrback(self._commitFailed, writer)
+        self._wait("DATA", committed)
+
+    def _queued(self, ignored, writer, transaction: _Transaction) -> Reply:
+        maillog.queued(
+            self.session,
+            writer.queueID,
+            self._account.user if self._account else "",
+            str(transaction.sender or ""),
+            len(transaction.recipients),
+            writer.size,
+        )
+        return replies.QUEUED.fill(queueID=writer.queueID)
+
+    def _commitFailed(self, failure, writer) -> Reply:
+        self.log.failure(
+            "{session}: cannot commit {queueID} to the spool",
+            failure,
+            session=self.session,
+            queueID=writer.queueID,
+        )
+        return replies.LOCAL_ERROR
+
+    def _abortMessage(self) -> None:
+        if self._writer is not None:
+            self._writer.abort()
+            self._writer = self._reader = self._intake = None
+
+
+class SubmissionFactory(Factory):
+    """
+    Makes L{SubmissionProtocol}s for one listener.
+
+    @ivar name: the listener's name, for the log.
+    @ivar settings: the L{SessionSettings}.
+    @ivar portal: the C{twisted.cred} portal that checks credentials and
+        hands out L{IAccount} avatars.
+    @ivar spool: the L{msagate.interfaces.ISpool} for accepted messages.
+    @ivar reactor: the reactor, for time (an L{IReactorTime}).
+    @ivar contextFactory: the TLS context for STARTTLS, or L{None} when the
+        listener offers no STARTTLS.
+    @ivar implicitTLS: whether the listener's connections are TLS from the
+        first byte.
+    @ivar sessions: the sessions now open.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        settings: SessionSettings,
+        portal,
+        spool,
+        reactor,
+        contextFactory=None,
+        implicitTLS: bool = False,
+    ) -> None:
+        self.name = name
+        self.settings = settings
+        self.portal = portal
+        self.spool = spool
+        self.reactor = reactor
+        self.contextFactory = contextFactory
+        self.implicitTLS = implicitTLS
+        self.sessions: set[SubmissionProtocol] = set()
+
+    noisy = False
+
+    def buildProtocol(self, addr) -> SubmissionProtocol:
+        return SubmissionProtocol(self)
+
+    def shutDown(self) -> None:
+        """
+        Tell every open session that the service is stopping.
+        """
+        for session in list(self.sessions):
+            session.shutDown()
+
+
+def _splitPath(argument: str, keyword: str, pathReply: Reply):
+    """
+    Split MAIL's or RCPT's argument: a missing C{FROM:<} or C{TO:<} is a
+    syntax error of the command, anything after it one of the path.
+    """
+    try:
+        return splitPathArgument(argument, keyword)
+    except AddressError as error:
+        start = argument[: len(keyword) + 2].upper()
+        reply = pathReply if start == keyword + ":<" else replies.BAD_SYNTAX
+        raise Refused(reply, str(error)) from None
+
+
+def _parsePath(path: str, reply: Reply) -> Mailbox | None:
+    try:
+        return parsePath(path)
+    except AddressError as error:
+        raise Refused(reply, f"{error}: {maillog.printable(path)}") from None
+
+
+def _parseParameters(text: str) -> dict[str, str | None]:
+    try:
+        return parseParameters(text)
+    except AddressError as error:
+        raise Refused(replies.BAD_SYNTAX, str(error)) from None
+
+
+def _decodeBase64(text: str) -> bytes | None:
+    try:
+        return base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError):
+        return None
+
+
+def _readerRefusal(reader: DataReader, settings: SessionSettings):
+    if reader.problem == "bare-line-ending":
+        return Refused(replies.BARE_LINE_ENDING, "bare CR or LF in data")
+    if reader.problem == "line-too-long":
+        reply = replies.DATA_LINE_TOO_LONG.fill(limit=settings.lineLength)
+        return Refused(reply, "over-long line in data")
+    if reader.problem == "too-big":
+        return Refused(replies.SIZE_EXCEEDED, f"over {reader.size} octets")
+    return None
+
+
+def _tlsDescription(transport) -> tuple[str | None, str | None]:
+    if not ISSLTransport.providedBy(transport):
+        return None, None
+    connection = transport.getHandle()
+    try:
+        version = connection.get_protocol_version_name()
+        cipher = connection.get_cipher_name()
+    except AttributeError:
+        return None, None
+    return version, cipher
+
+
+def _describePeer(address) -> str:
+    host = getattr(address, "host", None)
+    if host is None:
+        return str(address)
+    if ":" in host:
+        return f"[{host}]:{address.port}"
+    return f"{host}:{address.port}"

@@ -1,0 +1,109 @@
+# -*- test-case-name: tests.test_sasl -*-
+"""
+The SASL mechanisms msagate offers: PLAIN (RFC 4616) and LOGIN.
+
+A mechanism sees the decoded client responses and answers with the next
+challenge or with finished credentials.  Base64, the C{*} cancel and line
+limits are the protocol's business (RFC 4954 section 4); a mechanism never
+sees the wire and never logs.
+"""
+
+from __future__ import annotations
+
+from twisted.cred.credentials import UsernamePassword
+
+
+class SASLFailure(Exception):
+    """
+    The client's responses cannot be credentials; the client is told the
+    same as for a wrong password (RFC 4954 section 6, AUTH-11).
+    """
+
+
+class Plain:
+    """
+    SASL PLAIN: one message, C{authzid NUL authcid NUL password}.
+
+    A non-empty authorisation identity different from the authentication
+    identity would mean acting on behalf of someone else; msagate has no
+    such permission, so it is refused.
+    """
+
+    name = "PLAIN"
+
+    def start(self, initial: bytes | None) -> bytes | UsernamePassword:
+        """
+        @param initial: the decoded initial response, or L{None} when the
+            client sent none.
+        @return: the empty challenge, or the credentials.
+        @raise SASLFailure: when the response is malformed.
+        """
+        if initial is None:
+            return b""
+        return self.respond(initial)
+
+    def respond(self, response: bytes) -> UsernamePassword:
+        """
+        @return: the credentials in C{response}.
+        @raise SASLFailure: when C{response} is malformed.
+        """
+        parts = response.split(b"\0")
+        if len(parts) != 3:
+            raise SASLFailure("PLAIN response is not three fields")
+        authzid, authcid, password = parts
+        if authzid and authzid != authcid:
+            raise SASLFailure("PLAIN authorisation identity differs")
+        return _credentials(authcid, password)
+
+
+class Login:
+    """
+    The LOGIN mechanism: a user name prompt, then a password prompt.
+
+    It predates SASL's standards track, but Outlook and many devices
+    still offer nothing else.
+    """
+
+    name = "LOGIN"
+
+    def __init__(self) -> None:
+        self._username: bytes | None = None
+
+    def start(self, initial: bytes | None) -> bytes:
+        """
+        @param initial: the user name, when the client sent it with AUTH.
+        @return: the next prompt.
+        """
+        if initial is None:
+            return b"Username:"
+        self._username = initial
+        return b"Password:"
+
+    def respond(self, response: bytes) -> bytes | UsernamePassword:
+        """
+        @return: the password prompt after the user name, then the
+            credentials.
+        @raise SASLFailure: when a response is malformed.
+        """
+        if self._username is None:
+            self._username = response
+            return b"Password:"
+        return _credentials(self._username, response)
+
+
+MECHANISMS = {mechanism.name: mechanism for mechanism in (Plain, Login)}
+
+
+def _credentials(username: bytes, password: bytes) -> UsernamePassword:
+    """
+    Refuse what no checker should ever be asked about: an empty name or
+    password (an empty password is an anonymous bind to LDAP), or control
+    characters, which could reach headers and logs.
+    """
+    if not username or not password:
+        raise SASLFailure("empty user name or password")
+    if any(byte < 0x20 or byte == 0x7F for byte in username):
+        raise SASLFailure("control character in user name")
+    if b"\0" in password:
+        raise SASLFailure("NUL in password")
+    return UsernamePassword(username, password)

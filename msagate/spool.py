@@ -1,0 +1,222 @@
+# -*- test-case-name: tests.test_spool -*-
+"""
+The spool: where accepted messages wait for the relay manager.
+
+Layout under the spool directory::
+
+    incoming/   messages still being received; never read by anyone else
+    queue/      committed messages, QUEUEID.eml (the data) and QUEUEID.json
+                (the envelope, see L{msagate.envelope})
+
+A message is committed by fsyncing its data and its envelope, renaming the
+data and then the envelope into C{queue/}, and fsyncing that directory; the
+250 reply waits for all of it (RFC 5321 section 6.1).  The envelope is the
+commit mark: a C{.eml} without its C{.json} in C{queue/} is the trace of a
+commit that a crash interrupted before the client heard 250, and is removed
+at start-up like everything left in C{incoming/}.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import time
+from dataclasses import replace
+
+from twisted.internet.defer import Deferred
+from twisted.internet.threads import deferToThreadPool
+from twisted.logger import Logger
+from twisted.python.threadpool import ThreadPool
+from zope.interface import implementer
+
+from msagate.envelope import Envelope
+from msagate.interfaces import ISpool, ISpoolWriter
+
+INCOMING = "incoming"
+QUEUE = "queue"
+DATA_SUFFIX = ".eml"
+ENVELOPE_SUFFIX = ".json"
+
+
+def newQueueID() -> str:
+    """
+    @return: a queue identifier that sorts by arrival time: 13 hex digits
+        of microseconds since the epoch and 5 random hex digits.
+    """
+    return f"{time.time_ns() // 1000:013X}{secrets.randbits(20):05X}"
+
+
+@implementer(ISpool)
+class Spool:
+    """
+    A spool directory on the local file system.
+
+    Data is written on the reactor thread (it goes to the page cache); the
+    fsyncs and renames of a commit run in C{pool}.
+
+    @ivar path: the spool directory.
+    """
+
+    log = Logger()
+
+    def __init__(self, path: str, pool: ThreadPool, reactor) -> None:
+        self.path = path
+        self._pool = pool
+        self._reactor = reactor
+
+    def prepare(self) -> None:
+        """
+        Create the directories and clear the traces of interrupted
+        submissions.  Called once at start-up, before listening.
+
+        @raise OSError: when the directories cannot be made.
+        """
+        for name in (INCOMING, QUEUE):
+            os.makedirs(os.path.join(self.path, name), 0o700, exist_ok=True)
+        for name in os.listdir(os.path.join(self.path, INCOMING)):
+            self._discard(os.path.join(self.path, INCOMING, name))
+        for name in self._uncommitted():
+            self._discard(os.path.join(self.path, QUEUE, name))
+
+    def queued(self) -> list[str]:
+        """
+        @return: the queue IDs of the committed messages, oldest first.
+        """
+        names = os.listdir(os.path.join(self.path, QUEUE))
+        return sorted(
+            name[: -len(ENVELOPE_SUFFIX)]
+            for name in names
+            if name.endswith(ENVELOPE_SUFFIX)
+        )
+
+    def begin(self, envelope: Envelope) -> SpoolWriter:
+        """
+        Start storing one message.
+
+        @raise OSError: when its file cannot be created.
+        """
+        incoming = os.path.join(self.path, INCOMING)
+        while True:
+            queueID = newQueueID()
+            path = os.path.join(incoming, queueID + DATA_SUFFIX)
+            try:
+                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            except FileExistsError:
+                continue
+            return SpoolWriter(self, queueID, os.fdopen(fd, "wb"), envelope)
+
+    def _commit(self, writer: SpoolWriter) -> Deferred:
+        return deferToThreadPool(
+            self._reactor, self._pool, self._commitInThread, writer
+        )
+
+    def _commitInThread(self, writer: SpoolWriter) -> None:
+        incoming = os.path.join(self.path, INCOMING, writer.queueID)
+        queued = os.path.join(self.path, QUEUE, writer.queueID)
+        try:
+            _syncAndClose(writer._file)
+            _writeDurably(incoming + ENVELOPE_SUFFIX, writer.envelope.toJSON())
+            os.rename(incoming + DATA_SUFFIX, queued + DATA_SUFFIX)
+            os.rename(incoming + ENVELOPE_SUFFIX, queued + ENVELOPE_SUFFIX)
+            _syncDirectory(os.path.join(self.path, QUEUE))
+        except BaseException:
+            for path in (incoming, queued):
+                self._discard(path + ENVELOPE_SUFFIX)
+                self._discard(path + DATA_SUFFIX)
+            raise
+
+    def _abort(self, writer: SpoolWriter) -> None:
+        writer._file.close()
+        self._discard(
+            os.path.join(self.path, INCOMING, writer.queueID + DATA_SUFFIX)
+        )
+
+    def _uncommitted(self) -> list[str]:
+        names = set(os.listdir(os.path.join(self.path, QUEUE)))
+        stems = {name.rsplit(".", 1)[0] for name in names}
+        return [
+            name
+            for stem in stems
+            if not {stem + DATA_SUFFIX, stem + ENVELOPE_SUFFIX} <= names
+            for name in (stem + DATA_SUFFIX, stem + ENVELOPE_SUFFIX)
+            if name in names
+        ]
+
+    def _discard(self, path: str) -> None:
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            pass
+        except OSError as error:
+            self.log.error(
+                "cannot remove {path}: {error}", path=path, error=error
+            )
+
+
+@implementer(ISpoolWriter)
+class SpoolWriter:
+    """
+    One message being written to a L{Spool}.
+
+    @ivar queueID: the message's queue identifier.
+    @ivar envelope: its envelope; the size is filled in at commit.
+    @ivar size: the octets written so far.
+    """
+
+    def __init__(
+        self, spool: Spool, queueID: str, file, envelope: Envelope
+    ) -> None:
+        self.queueID = queueID
+        self.envelope = envelope
+        self.size = 0
+        self._spool = spool
+        self._file = file
+
+    def write(self, data: bytes) -> None:
+        """
+        Append C{data} to the message.
+
+        @raise OSError: when it cannot be written.
+        """
+        self._file.write(data)
+        self.size += len(data)
+
+    def commit(self) -> Deferred:
+        """
+        Make the message durable; see L{ISpoolWriter.commit}.
+        """
+        self.envelope = replace(self.envelope, size=self.size)
+        return self._spool._commit(self)
+
+    def abort(self) -> None:
+        """
+        Throw the message away.
+        """
+        self._spool._abort(self)
+
+
+def _syncAndClose(file) -> None:
+    try:
+        file.flush()
+        os.fsync(file.fileno())
+    finally:
+        file.close()
+
+
+def _writeDurably(path: str, data: bytes) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _syncDirectory(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -1,0 +1,298 @@
+# -*- test-case-name: tests.test_tap -*-
+"""
+C{twistd msagate}: the command-line options and the service they build.
+
+L{buildService} assembles the pieces from a L{Config}: the thread pools,
+the credential checker, the realm and its sender source, the spool and one
+listening service per listener.  Everything it cannot use stops start-up
+with one line naming the file, section and option.
+"""
+
+from __future__ import annotations
+
+from twisted.application.internet import StreamServerEndpointService
+from twisted.application.service import IService, MultiService, Service
+from twisted.cred.portal import Portal
+from twisted.internet.defer import Deferred, gatherResults, succeed
+from twisted.internet.endpoints import serverFromString
+from twisted.internet.interfaces import IStreamServerEndpoint
+from twisted.logger import Logger
+from twisted.protocols.tls import TLSMemoryBIOFactory
+from twisted.python import usage
+from twisted.python.threadpool import ThreadPool
+from zope.interface import implementer
+
+from msagate._watched import FileFormatError
+from msagate.checkers.htpasswd import HtpasswdChecker
+from msagate.config import Config, loadConfig
+from msagate.errors import ConfigError
+from msagate.protocol import SessionSettings, SubmissionFactory
+from msagate.realm import SubmissionRealm
+from msagate.senders import LoginSenderSource, SenderMapFile
+from msagate.spool import Spool
+from msagate.tls import TLSSetupError, serverOptions
+
+DEFAULT_CONFIG = "/etc/msagate/msagate.ini"
+
+
+class Options(usage.Options):
+    """
+    The options of C{twistd msagate}.
+    """
+
+    synopsis = "[--config FILE]"
+    longdesc = (
+        "Run the msagate mail submission agent.  Everything but the "
+        "configuration file's path is set in that file; see "
+        "etc/msagate.ini in the distribution for every option."
+    )
+    optParameters = [
+        ["config", "c", DEFAULT_CONFIG, "The configuration file."],
+    ]
+
+
+def makeService(options: Options) -> IService:
+    """
+    Build the service for C{twistd}; a configuration problem ends the
+    process with one line on standard error.
+    """
+    from twisted.internet import reactor
+
+    try:
+        return buildService(loadConfig(options["config"]), reactor)
+    except ConfigError as error:
+        raise SystemExit(f"msagate: {error}") from None
+
+
+def sessionSettings(config: Config) -> SessionSettings:
+    """
+    @return: what each submission session needs of C{config}.
+    """
+    return SessionSettings(
+        hostname=config.hostname,
+        messageSize=config.messageSize,
+        recipients=config.recipients,
+        errors=config.errors,
+        idleTimeout=config.idleTimeout,
+        lineLength=config.lineLength,
+        headerSize=config.headerSize,
+        maxAuthFailures=config.maxAuthFailures,
+        authFailureDelay=config.authFailureDelay,
+        receivedClientAddress=config.receivedClientAddress,
+        maxReceived=config.maxReceived,
+        postmaster=config.postmaster,
+    )
+
+
+def buildService(config: Config, reactor) -> MultiService:
+    """
+    Assemble msagate from C{config}.
+
+    @raise ConfigError: when a file named in C{config} cannot be used.
+    """
+    service = SubmissionService()
+    authPool = _poolService("msagate-auth", config.authThreads, service)
+    spoolPool = _poolService("msagate-spool", config.spoolThreads, service)
+
+    portal = Portal(
+        SubmissionRealm(_senderSource(config, authPool, reactor)),
+        [_checker(config, authPool, reactor)],
+    )
+    spool = Spool(config.spool, spoolPool, reactor)
+    SpoolService(spool, config).setServiceParent(service)
+    try:
+        tls = serverOptions(
+            config.certificate, config.key, config.tlsMinimumVersion
+        )
+    except TLSSetupError as error:
+        problem = str(error)
+        raise ConfigError(config.path, "tls", error.option, problem) from None
+
+    settings = sessionSettings(config)
+    for listener in config.listeners:
+        implicit = listener.tls == "implicit"
+        factory = SubmissionFactory(
+            listener.name,
+            settings,
+            portal,
+            spool,
+            reactor,
+            contextFactory=None if implicit else tls,
+            implicitTLS=implicit,
+        )
+        service.factories.append(factory)
+        wrapped = (
+            TLSMemoryBIOFactory(tls, False, factory) if implicit else factory
+        )
+        endpoint = ListeningEndpoint(
+            listener.name, _endpoint(config, listener, reactor)
+        )
+        service.endpoints.append(endpoint)
+        listening = StreamServerEndpointService(endpoint, wrapped)
+        listening.setServiceParent(service)
+    return service
+
+
+class SubmissionService(MultiService):
+    """
+    msagate as a whole: its pools, its spool and its listeners.
+
+    @ivar factories: the listeners' factories, told when the service stops
+        so that open sessions hear 421 rather than a dropped connection.
+    @ivar endpoints: the listeners' L{ListeningEndpoint}s.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.factories: list[SubmissionFactory] = []
+        self.endpoints: list[ListeningEndpoint] = []
+
+    def whenListening(self) -> Deferred:
+        """
+        @return: a L{Deferred} that fires, once every listener listens, with
+            a dictionary of each listener's address by its name.
+        """
+        waiting = [endpoint.whenListening() for endpoint in self.endpoints]
+        return gatherResults(waiting).addCallback(
+            lambda _: {
+                endpoint.name: endpoint.port.getHost()
+                for endpoint in self.endpoints
+            }
+        )
+
+    def stopService(self):
+        for factory in self.factories:
+            factory.shutDown()
+        return super().stopService()
+
+
+@implementer(IStreamServerEndpoint)
+class ListeningEndpoint:
+    """
+    A server endpoint that remembers the port it listens on and logs it
+    (useful with C{tcp:0}, C{systemd:} and C{haproxy:} endpoints).
+
+    @ivar name: the listener's name.
+    @ivar port: the L{IListeningPort}, once listening.
+    """
+
+    log = Logger()
+
+    def __init__(self, name: str, endpoint: IStreamServerEndpoint) -> None:
+        self.name = name
+        self.port = None
+        self._endpoint = endpoint
+        self._waiting: list[Deferred] = []
+
+    def listen(self, factory) -> Deferred:
+        def listening(port):
+            self.port = port
+            self.log.info(
+                "listener {listener} on {address}",
+                listener=self.name,
+                address=port.getHost(),
+            )
+            waiting, self._waiting = self._waiting, []
+            for waiter in waiting:
+                waiter.callback(port)
+            return port
+
+        return self._endpoint.listen(factory).addCallback(listening)
+
+    def whenListening(self) -> Deferred:
+        """
+        @return: a L{Deferred} that fires with the L{IListeningPort} once
+            the endpoint listens.
+        """
+        if self.port is not None:
+            return succeed(self.port)
+        waiter: Deferred = Deferred()
+        self._waiting.append(waiter)
+        return waiter
+
+
+class ThreadPoolService(Service):
+    """
+    Runs a dedicated thread pool while the service runs, so that blocking
+    work never waits behind the reactor's own pool (DNS lookups use that).
+    """
+
+    def __init__(self, pool: ThreadPool) -> None:
+        self.pool = pool
+
+    def startService(self) -> None:
+        super().startService()
+        self.pool.start()
+
+    def stopService(self) -> None:
+        super().stopService()
+        self.pool.stop()
+
+
+class SpoolService(Service):
+    """
+    Prepares the spool directory at start-up, after C{twistd} has taken on
+    the C{--uid} and C{--gid} it was given, so the directories belong to
+    the user msagate runs as.
+    """
+
+    log = Logger()
+
+    def __init__(self, spool: Spool, config: Config) -> None:
+        self.spool = spool
+        self.config = config
+
+    def startService(self) -> None:
+        super().startService()
+        try:
+            self.spool.prepare()
+        except OSError as error:
+            problem = f"cannot prepare {error.filename}: {error.strerror}"
+            failure = ConfigError(self.config.path, "server", "spool", problem)
+            raise SystemExit(f"msagate: {failure}") from None
+
+
+def _poolService(name: str, size: int, parent: MultiService) -> ThreadPool:
+    pool = ThreadPool(minthreads=1, maxthreads=size, name=name)
+    ThreadPoolService(pool).setServiceParent(parent)
+    return pool
+
+
+def _checker(config: Config, pool: ThreadPool, reactor) -> HtpasswdChecker:
+    checker = HtpasswdChecker(config.htpasswd, pool, reactor)
+    _loadNow(checker, config, "auth", "htpasswd")
+    return checker
+
+
+def _senderSource(config: Config, pool: ThreadPool, reactor):
+    if not config.senderMap:
+        return LoginSenderSource(config.senderDefault, config.detailDelimiter)
+    source = SenderMapFile(
+        config.senderMap,
+        pool,
+        reactor,
+        default=config.senderDefault,
+        detailDelimiter=config.detailDelimiter,
+    )
+    _loadNow(source, config, "senders", "map")
+    return source
+
+
+def _loadNow(source, config: Config, section: str, option: str) -> None:
+    try:
+        source.load()
+    except OSError as error:
+        problem = f"cannot read {error.filename}: {error.strerror}"
+        raise ConfigError(config.path, section, option, problem) from None
+    except (FileFormatError, ValueError) as error:
+        problem = f"{source.path}: {error}"
+        raise ConfigError(config.path, section, option, problem) from None
+
+
+def _endpoint(config: Config, listener, reactor):
+    try:
+        return serverFromString(reactor, listener.endpoint)
+    except Exception as error:
+        section = "listener:" + listener.name
+        problem = f"{listener.endpoint!r}: {error}"
+        raise ConfigError(config.path, section, "endpoint", problem) from None

@@ -1,0 +1,186 @@
+# -*- test-case-name: tests.test_protocol -*-
+"""
+Fakes for testing msagate and code built on it; none is for production.
+
+  - L{MemorySpool}: an L{ISpool} that keeps messages in memory;
+  - L{StaticSenderSource}: an L{ISenderSource} from a dictionary;
+  - L{FakeTLSTransport}: a L{StringTransport} that can start TLS;
+  - L{connectedSession}: a protocol on a fake transport, greeted.
+"""
+
+from __future__ import annotations
+
+import itertools
+
+from twisted.cred.checkers import InMemoryUsernamePasswordDatabaseDontUse
+from twisted.cred.portal import Portal
+from twisted.internet import defer
+from twisted.internet.address import IPv4Address
+from twisted.internet.interfaces import ISSLTransport
+from twisted.internet.task import Clock
+from twisted.internet.testing import StringTransport
+from zope.interface import alsoProvides, implementer
+
+from msagate.envelope import Envelope
+from msagate.interfaces import ISenderSource, ISpool, ISpoolWriter
+from msagate.protocol import SessionSettings, SubmissionFactory
+from msagate.realm import SubmissionRealm
+from msagate.senders import SenderPermissions
+
+
+@implementer(ISpool)
+class MemorySpool:
+    """
+    A spool in memory.
+
+    @ivar messages: the committed messages, as C{(queueID, envelope,
+        data)}.
+    @ivar failCommit: when true, commits fail with L{OSError}.
+    @ivar pending: when not L{None}, commits wait: each appends its
+        unfired L{defer.Deferred} here for the test to fire.
+    """
+
+    def __init__(self) -> None:
+        self.messages: list[tuple[str, Envelope, bytes]] = []
+        self.aborted: list[str] = []
+        self.failCommit = False
+        self.pending: list[defer.Deferred] | None = None
+        self._ids = itertools.count(1)
+
+    def begin(self, envelope: Envelope) -> MemorySpoolWriter:
+        return MemorySpoolWriter(self, f"Q{next(self._ids):04d}", envelope)
+
+
+@implementer(ISpoolWriter)
+class MemorySpoolWriter:
+    """
+    One message on its way into a L{MemorySpool}.
+    """
+
+    def __init__(self, spool: MemorySpool, queueID: str, envelope) -> None:
+        self.queueID = queueID
+        self.envelope = envelope
+        self.data = bytearray()
+        self.size = 0
+        self._spool = spool
+
+    def write(self, data: bytes) -> None:
+        self.data += data
+        self.size += len(data)
+
+    def commit(self) -> defer.Deferred:
+        if self._spool.failCommit:
+            return defer.fail(OSError(28, "No space left on device"))
+        record = (self.queueID, self.envelope, bytes(self.data))
+        if self._spool.pending is None:
+            self._spool.messages.append(record)
+            return defer.succeed(None)
+        waiting: defer.Deferred = defer.Deferred()
+        waiting.addCallback(lambda _: self._spool.messages.append(record))
+        self._spool.pending.append(waiting)
+        return waiting
+
+    def abort(self) -> None:
+        self._spool.aborted.append(self.queueID)
+
+
+@implementer(ISenderSource)
+class StaticSenderSource:
+    """
+    Sender permissions from a dictionary of user to entries.
+    """
+
+    def __init__(self, entries: dict[str, list[str]]) -> None:
+        self.entries = entries
+
+    def sendersFor(self, user: str) -> SenderPermissions:
+        return SenderPermissions.fromEntries(self.entries.get(user, ()))
+
+
+class FakeTLSTransport(StringTransport):
+    """
+    A L{StringTransport} whose C{startTLS} records the call and then
+    behaves as a TLS 1.3 connection.
+
+    @ivar tlsStarted: whether C{startTLS} was called.
+    """
+
+    def __init__(self, peer=None) -> None:
+        super().__init__(
+            peerAddress=peer or IPv4Address("TCP", "192.0.2.7", 50000)
+        )
+        self.tlsStarted = False
+
+    def startTLS(self, contextFactory) -> None:
+        self.tlsStarted = True
+        alsoProvides(self, ISSLTransport)
+
+    def getHandle(self):
+        return _FakeTLSConnection()
+
+
+class _FakeTLSConnection:
+    def get_protocol_version_name(self) -> str:
+        return "TLSv1.3"
+
+    def get_cipher_name(self) -> str:
+        return "TLS_AES_256_GCM_SHA384"
+
+
+def memoryPortal(
+    users: dict[bytes, bytes], senders: dict[str, list[str]]
+) -> Portal:
+    """
+    @return: a portal over in-memory passwords and sender entries.
+    """
+    checker = InMemoryUsernamePasswordDatabaseDontUse(**{})
+    for name, password in users.items():
+        checker.addUser(name, password)
+    realm = SubmissionRealm(StaticSenderSource(senders))
+    return Portal(realm, [_DecodingChecker(checker)])
+
+
+class _DecodingChecker:
+    """
+    Returns str avatar IDs, as msagate's own checkers do.
+    """
+
+    def __init__(self, checker) -> None:
+        self.checker = checker
+        self.credentialInterfaces = checker.credentialInterfaces
+
+    def requestAvatarId(self, credentials):
+        result = defer.maybeDeferred(self.checker.requestAvatarId, credentials)
+        return result.addCallback(lambda name: name.decode())
+
+
+def connectedSession(
+    portal: Portal,
+    spool=None,
+    settings: SessionSettings | None = None,
+    clock: Clock | None = None,
+    implicitTLS: bool = False,
+    startTLS: bool = True,
+):
+    """
+    Connect a L{SubmissionProtocol} to a L{FakeTLSTransport}.
+
+    @param startTLS: whether the listener offers STARTTLS.
+    @return: the protocol, its transport and the clock.
+    """
+    clock = clock or Clock()
+    factory = SubmissionFactory(
+        "test",
+        settings or SessionSettings(hostname="msa.example.org"),
+        portal,
+        spool if spool is not None else MemorySpool(),
+        clock,
+        contextFactory=object() if startTLS else None,
+        implicitTLS=implicitTLS,
+    )
+    transport = FakeTLSTransport()
+    if implicitTLS:
+        alsoProvides(transport, ISSLTransport)
+    protocol = factory.buildProtocol(None)
+    protocol.makeConnection(transport)
+    return protocol, transport, clock

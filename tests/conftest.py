@@ -1,0 +1,131 @@
+"""
+Fixtures shared by the test tiers.
+
+The loopback tier runs the real reactor in a background thread for the
+whole test session; tests talk to msagate from the main thread with
+blocking clients (smtplib, ssl sockets) over 127.0.0.1, and set things up
+inside the reactor thread with L{inReactor}.
+"""
+
+from __future__ import annotations
+
+import threading
+
+import bcrypt
+import pytest
+from twisted.internet import reactor
+from twisted.internet.threads import blockingCallFromThread
+
+from msagate._certs import CertificateAuthority
+from msagate.config import loadConfig
+from msagate.tap import buildService
+
+USERS = {"alice": b"alice's password", "bob": b"bob's password"}
+SENDERS = "alice: alice@example.org, @team.example.org\nbob: bob@example.org\n"
+
+
+@pytest.fixture(scope="session")
+def runningReactor():
+    """
+    The global reactor, running in a daemon thread until the session ends.
+    """
+    thread = threading.Thread(
+        target=reactor.run,
+        kwargs={"installSignalHandlers": False},
+        daemon=True,
+    )
+    thread.start()
+    yield reactor
+    reactor.callFromThread(reactor.stop)
+    thread.join(timeout=30)
+
+
+def inReactor(function, *args, **kwargs):
+    """
+    Run C{function} in the reactor thread and wait for its result (or the
+    result of the L{Deferred} it returns).
+    """
+    return blockingCallFromThread(reactor, function, *args, **kwargs)
+
+
+@pytest.fixture(scope="session")
+def authority():
+    """
+    A certificate authority and a server certificate for 127.0.0.1 and
+    localhost.
+    """
+    return CertificateAuthority()
+
+
+@pytest.fixture
+def serverFiles(tmp_path, authority):
+    """
+    A complete configuration directory: certificate, htpasswd users, a
+    sender map and a configuration listening on free loopback ports.
+
+    @return: the path of the configuration file.
+    """
+    issued = authority.issue(["localhost", "127.0.0.1"])
+    (tmp_path / "cert.pem").write_bytes(issued.certificate)
+    (tmp_path / "key.pem").write_bytes(issued.key)
+    (tmp_path / "ca.pem").write_bytes(authority.certificate)
+    (tmp_path / "htpasswd").write_bytes(
+        b"".join(
+            user.encode() + b":" + bcrypt.hashpw(pw, bcrypt.gensalt(4)) + b"\n"
+            for user, pw in USERS.items()
+        )
+    )
+    (tmp_path / "senders").write_text(SENDERS)
+    (tmp_path / "msagate.ini").write_text(
+        "[server]\nhostname = msa.example.org\nspool = spool\n"
+        "[listener:submission]\nendpoint = tcp:0:interface=127.0.0.1\n"
+        "tls = starttls\n"
+        "[listener:submissions]\nendpoint = tcp:0:interface=127.0.0.1\n"
+        "tls = implicit\n"
+        "[tls]\ncertificate = cert.pem\nkey = key.pem\n"
+        "[auth]\nhtpasswd = htpasswd\nfailure_delay = 0\n"
+        "[senders]\nmap = senders\n"
+    )
+    return tmp_path / "msagate.ini"
+
+
+class RunningServer:
+    """
+    msagate started from a configuration file inside the test reactor.
+
+    @ivar ports: the listening port of each listener, by name.
+    @ivar spool: the spool directory.
+    @ivar caFile: the CA certificate clients should trust.
+    """
+
+    def __init__(self, path) -> None:
+        self.config = loadConfig(str(path))
+        self.service = inReactor(buildService, self.config, reactor)
+        inReactor(self.service.startService)
+        addresses = inReactor(self.service.whenListening)
+        self.ports = {
+            name: address.port for name, address in addresses.items()
+        }
+        self.spool = path.parent / "spool"
+        self.caFile = str(path.parent / "ca.pem")
+
+    def queued(self) -> list[bytes]:
+        """
+        @return: the data of every committed message, oldest first.
+        """
+        queue = self.spool / "queue"
+        names = sorted(queue.glob("*.json"))
+        return [queue.joinpath(n.stem + ".eml").read_bytes() for n in names]
+
+    def stop(self) -> None:
+        inReactor(self.service.stopService)
+
+
+@pytest.fixture
+def server(runningReactor, serverFiles):
+    """
+    A running msagate with the users of L{USERS}.
+    """
+    running = RunningServer(serverFiles)
+    yield running
+    running.stop()
