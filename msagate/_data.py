@@ -77,7 +77,7 @@ class DataReader:
         self.problem: str | None = None
         self._sink = sink
         self._maxSize = maxSize
-        self._maxLine = maxLineLength - 1
+        self._maxLine = maxLineLength - len(_CRLF)
 
         # The message starts at the beginning of a line: a CRLF that is not
         # content stands before it, so that "." CRLF there ends the data
@@ -100,13 +100,13 @@ class DataReader:
         if self._finished:
             raise RuntimeError("DATA has already ended")
 
-        # Most chunks have no line starting with a dot, and so neither the
-        # terminator nor any stuffing; one quick search tells.
+        # A chunk with no line starting with a dot holds neither the
+        # terminator nor any stuffing: in most mail one search settles both.
         buffer = self._carry + data if self._carry else data
         stuffed = buffer.find(_STUFFED)
         end = buffer.find(_TERMINATOR, stuffed) if stuffed >= 0 else -1
         if end >= 0:
-            self._read(buffer[: end + len(_CRLF)], stuffed >= 0)
+            self._read(buffer[: end + len(_CRLF)], True)
             self._finished = True
             return buffer[end + len(_TERMINATOR) :]
 
@@ -168,7 +168,7 @@ class DataReader:
         if bare >= 0:
             found.append((bare, BARE_LINE_ENDING))
 
-        overLong = self._overLongLine(content, bare >= 0)
+        overLong = self._overLongLine(content)
         if overLong >= 0:
             found.append((overLong, LINE_TOO_LONG))
 
@@ -176,18 +176,16 @@ class DataReader:
             found.append((self._maxSize - self.size, TOO_BIG))
         return min(found, key=_rankOrder, default=None)
 
-    def _overLongLine(self, content: bytes, bare: bool) -> int:
+    def _overLongLine(self, content: bytes) -> int:
         """
         Find the first octet past the line limit.
 
         @param content: the next dot-unstuffed content.
-        @param bare: whether the content holds a bare CR or LF, which the
-            quick search cannot tell from a line ending.
         @return: the octet's offset in C{content}, or -1.
         """
         if self._lineLength + len(content) <= self._maxLine:
             return -1
-        if not bare and not self._mayHoldLongLine(content):
+        if not self._mayHoldLongLine(content):
             return -1
 
         lengths = list(map(len, content.split(_CRLF)))
@@ -202,11 +200,14 @@ class DataReader:
 
     def _mayHoldLongLine(self, content: bytes) -> bool:
         """
-        Tell quickly whether content free of bare line endings may hold a
-        line over the limit.
+        Tell quickly whether content may hold a line over the limit.
+
+        A bare LF can hide a long line that follows it from this test, but
+        then the bare LF is the first problem anyway.
 
         @param content: the next dot-unstuffed content.
-        @return: C{False} if it surely holds none.
+        @return: C{False} if it holds none, or none that breaks the limit
+            before a bare line ending.
         """
         firstBreak = content.find(_CRLF)
         if firstBreak < 0 or self._lineLength + firstBreak > self._maxLine:

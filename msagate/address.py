@@ -83,6 +83,9 @@ def isAddressLiteral(text: str) -> bool:
     if not (text.startswith("[") and text.endswith("]")):
         return False
     inner = text[1:-1]
+    if "%" in inner:
+        # ipaddress accepts IPv6 zone identifiers, which are free text.
+        return False
     try:
         if inner[:5].lower() == "ipv6:":
             ipaddress.IPv6Address(inner[5:])

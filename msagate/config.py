@@ -12,6 +12,7 @@ names the file, the section and the option.
 from __future__ import annotations
 
 import configparser
+import math
 import os
 import socket
 from collections.abc import Callable
@@ -155,7 +156,7 @@ def loadConfig(path: str) -> Config:
         with open(path, encoding="utf-8") as file:
             parser.read_file(file)
     except (OSError, UnicodeDecodeError, configparser.Error) as error:
-        raise ConfigError(path, "*", None, _describe(error)) from None
+        raise ConfigError(path, None, None, _describe(error)) from None
 
     reader = _Reader(path, parser)
     reader.rejectUnknown()
@@ -254,7 +255,10 @@ class _Reader:
 
     def postmaster(self, text: str, hostname: str) -> str:
         if not text:
-            return "postmaster@" + hostname.split(".", 1)[-1]
+            # msa.example.org serves example.org; example.org serves itself.
+            labels = hostname.split(".")
+            domain = ".".join(labels[1:] if len(labels) > 2 else labels)
+            return "postmaster@" + domain
         try:
             mailbox = parseMailbox(text)
         except ValueError as error:
@@ -270,8 +274,7 @@ class _Reader:
         return os.path.join(self.base, text) if text else ""
 
     def _integer(self, text: str, section: str, option: Option) -> int:
-        value = self._number(text, section, option, int)
-        return value
+        return self._number(text, section, option, int)
 
     def _seconds(self, text: str, section: str, option: Option) -> float:
         return self._number(text, section, option, float)
@@ -280,6 +283,8 @@ class _Reader:
         try:
             value = kind(text)
         except ValueError:
+            value = math.nan
+        if not math.isfinite(value):
             self.fail(section, option.name, f"{text!r} is not a number")
         minimum = _MINIMUMS.get(option.name, 0)
         if value < minimum:

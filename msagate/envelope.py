@@ -54,7 +54,12 @@ class Envelope:
         @raise ValueError: when C{data} is not such a document.
         """
         document = json.loads(data)
+        if not isinstance(document, dict):
+            raise ValueError("an envelope is a JSON object")
         if document.pop("version", None) != FORMAT_VERSION:
             raise ValueError("unknown envelope format version")
-        document["recipients"] = tuple(document["recipients"])
-        return cls(**document)
+        try:
+            document["recipients"] = tuple(document["recipients"])
+            return cls(**document)
+        except (KeyError, TypeError) as error:
+            raise ValueError(f"malformed envelope: {error}") from None

@@ -23,10 +23,15 @@ class ConfigError(Exception):
     """
 
     def __init__(
-        self, path: str, section: str, option: str | None, problem: str
+        self,
+        path: str,
+        section: str | None,
+        option: str | None,
+        problem: str,
     ) -> None:
-        where = f"[{section}] {option}" if option else f"[{section}]"
-        super().__init__(f"{path}: {where}: {problem}")
+        where = [f"[{section}] {option}" if option else f"[{section}]"]
+        where = where if section else []
+        super().__init__(": ".join([path, *where, problem]))
         self.path = path
         self.section = section
         self.option = option

@@ -56,6 +56,7 @@ class MessageIntake:
         self._headerSize = headerSize
         self._maxReceived = maxReceived
         self._header: bytearray | None = bytearray()
+        self._searched = 0
 
     def receive(self, content: bytes) -> None:
         """
@@ -68,7 +69,8 @@ class MessageIntake:
             return
 
         self._header += content
-        end = splitHeader(bytes(self._header))
+        end = splitHeader(self._header, self._searched)
+        self._searched = len(self._header)
         if end is not None:
             self._headerComplete(end)
         elif len(self._header) > self._headerSize:

@@ -161,7 +161,7 @@ class SubmissionProtocol(Protocol, TimeoutMixin):
 
     def connectionMade(self) -> None:
         self.factory.sessions.add(self)
-        self.peer = _describePeer(self.transport.getPeer())
+        self.peer = describeAddress(self.transport.getPeer())
         maillog.connected(self.session, self.peer, self.factory.name)
         self.setTimeout(self.settings.idleTimeout)
         self._reply(replies.GREETING.fill(host=self.settings.hostname))
@@ -851,7 +851,11 @@ def _tlsDescription(transport) -> tuple[str | None, str | None]:
     return version, cipher
 
 
-def _describePeer(address) -> str:
+def describeAddress(address) -> str:
+    """
+    @return: C{host:port} (C{[host]:port} for IPv6) for an IP address, or
+        the address's own text for others (UNIX sockets).
+    """
     host = getattr(address, "host", None)
     if host is None:
         return str(address)

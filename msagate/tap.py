@@ -26,7 +26,11 @@ from msagate._watched import FileFormatError
 from msagate.checkers.htpasswd import HtpasswdChecker
 from msagate.config import Config, loadConfig
 from msagate.errors import ConfigError
-from msagate.protocol import SessionSettings, SubmissionFactory
+from msagate.protocol import (
+    SessionSettings,
+    SubmissionFactory,
+    describeAddress,
+)
 from msagate.realm import SubmissionRealm
 from msagate.senders import LoginSenderSource, SenderMapFile
 from msagate.spool import Spool
@@ -187,10 +191,11 @@ class ListeningEndpoint:
     def listen(self, factory) -> Deferred:
         def listening(port):
             self.port = port
+            address = port.getHost()
             self.log.info(
                 "listener {listener} on {address}",
                 listener=self.name,
-                address=port.getHost(),
+                address=describeAddress(address),
             )
             waiting, self._waiting = self._waiting, []
             for waiter in waiting:

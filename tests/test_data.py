@@ -244,6 +244,20 @@ def test_lineLimit(line: bytes, problem: str | None) -> None:
         assert readChunks(chunks)[1] == problem
 
 
+def test_longLineAnywhere() -> None:
+    """
+    A line one octet over the limit is found at every offset within a
+    chunk, not only where it starts a chunk (SMTP-7).
+    """
+    for shift in range(1100):
+        prefix = b"a\r\n" + b"b" * shift + b"\r\n"
+        wire = prefix + b"y" * 999 + b"\r\n.\r\n"
+
+        problem = readChunks([wire])[1]
+
+        assert problem == LINE_TOO_LONG, shift
+
+
 @pytest.mark.parametrize("chunkSize", [1, 7, 16384, 10**6])
 def test_longLineStaysInData(chunkSize: int) -> None:
     """

@@ -1,0 +1,468 @@
+"""
+Tests for L{msagate.config}: reading and checking the configuration file.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from pathlib import Path
+
+import pytest
+
+import msagate.config
+from msagate.address import parseMailbox
+from msagate.config import OPTIONS, Config, Listener, loadConfig
+from msagate.errors import ConfigError
+
+MINIMAL = {
+    "server": {"hostname": "msa.example.org", "spool": "spool"},
+    "listener:submission": {"endpoint": "tcp:587", "tls": "starttls"},
+    "tls": {"certificate": "cert.pem", "key": "key.pem"},
+    "auth": {"htpasswd": "htpasswd"},
+}
+
+# The Config attribute of each option of OPTIONS.
+ATTRIBUTES = {
+    "hostname": "hostname",
+    "spool": "spool",
+    "auth_threads": "authThreads",
+    "spool_threads": "spoolThreads",
+    "certificate": "certificate",
+    "key": "key",
+    "minimum_version": "tlsMinimumVersion",
+    "checker": "checker",
+    "htpasswd": "htpasswd",
+    "max_failures": "maxAuthFailures",
+    "failure_delay": "authFailureDelay",
+    "map": "senderMap",
+    "default": "senderDefault",
+    "detail_delimiter": "detailDelimiter",
+    "message_size": "messageSize",
+    "recipients": "recipients",
+    "errors": "errors",
+    "idle_timeout": "idleTimeout",
+    "line_length": "lineLength",
+    "header_size": "headerSize",
+    "received_client_address": "receivedClientAddress",
+    "max_received": "maxReceived",
+    "postmaster": "postmaster",
+}
+
+
+def render(sections: dict[str, dict[str, str]]) -> str:
+    """
+    Return the INI text of C{sections}.
+    """
+    lines = []
+    for section, options in sections.items():
+        lines.append(f"[{section}]")
+        lines.extend(f"{name} = {value}" for name, value in options.items())
+    return "\n".join(lines) + "\n"
+
+
+def changed(**edits: dict[str, str | None] | None) -> dict:
+    """
+    Return L{MINIMAL} with sections edited: a section given as None is
+    removed, an option given as None is removed, others are set.
+    """
+    sections = {name: dict(options) for name, options in MINIMAL.items()}
+    for key, options in edits.items():
+        section = key.replace("__", ":")
+        if options is None:
+            del sections[section]
+            continue
+        target = sections.setdefault(section, {})
+        for name, value in options.items():
+            if value is None:
+                target.pop(name, None)
+            else:
+                target[name] = value
+    return sections
+
+
+def write(directory: Path, sections: dict[str, dict[str, str]]) -> str:
+    """
+    Write C{sections} as msagate.ini in C{directory}; return its path.
+    """
+    path = directory / "msagate.ini"
+    path.write_text(render(sections))
+    return str(path)
+
+
+def loadError(path: str) -> ConfigError:
+    """
+    Load C{path}, expecting a L{ConfigError}, and check that its text is
+    exactly one line naming the file.
+    """
+    with pytest.raises(ConfigError) as caught:
+        loadConfig(path)
+    text = str(caught.value)
+    assert "\n" not in text
+    assert text.startswith(path + ": ")
+    return caught.value
+
+
+def assertWholeFile(error: ConfigError) -> None:
+    """
+    Assert that C{error} is about the whole file: FILE: problem.
+    """
+    assert (error.section, error.option) == (None, None)
+    assert error.problem
+    assert str(error) == f"{error.path}: {error.problem}"
+
+
+def defaultValue(option: msagate.config.Option) -> object:
+    """
+    Return the value an option's textual default stands for.
+    """
+    assert option.default is not None
+    if option.kind == "integer":
+        return int(option.default)
+    if option.kind == "seconds":
+        return float(option.default)
+    if option.kind == "boolean":
+        return {"yes": True, "no": False}[option.default]
+    return option.default
+
+
+def test_attributeTableCoversOptions() -> None:
+    """
+    Every option of OPTIONS has its Config attribute named in this test,
+    so the default check below misses none.
+    """
+    names = {option.name for option in OPTIONS}
+    fields = {field.name for field in dataclasses.fields(Config)}
+    assert set(ATTRIBUTES) == names
+    assert set(ATTRIBUTES.values()) <= fields
+
+
+def test_minimalFileLoads(tmp_path: Path) -> None:
+    """
+    A file with only the required options loads, with them resolved.
+    """
+    path = write(tmp_path, MINIMAL)
+    config = loadConfig(path)
+    assert config.path == path
+    assert config.hostname == "msa.example.org"
+    assert config.spool == str(tmp_path / "spool")
+    assert config.certificate == str(tmp_path / "cert.pem")
+    assert config.key == str(tmp_path / "key.pem")
+    assert config.htpasswd == str(tmp_path / "htpasswd")
+    assert config.listeners == (Listener("submission", "tcp:587", "starttls"),)
+
+
+@pytest.mark.parametrize(
+    "option",
+    [option for option in OPTIONS if option.default],
+    ids=lambda option: f"{option.section}.{option.name}",
+)
+def test_defaults(tmp_path: Path, option: msagate.config.Option) -> None:
+    """
+    An option left out of the file takes its default from OPTIONS.
+    """
+    config = loadConfig(write(tmp_path, MINIMAL))
+    value = getattr(config, ATTRIBUTES[option.name])
+    assert value == defaultValue(option)
+    assert type(value) is type(defaultValue(option))
+
+
+def test_optionalPathsDefaultEmpty(tmp_path: Path) -> None:
+    """
+    An optional path left out stays empty rather than naming the
+    configuration directory.
+    """
+    config = loadConfig(write(tmp_path, MINIMAL))
+    assert config.senderMap == ""
+
+
+def test_configIsFrozen(tmp_path: Path) -> None:
+    """
+    The configuration cannot change once loaded.
+    """
+    config = loadConfig(write(tmp_path, MINIMAL))
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        config.hostname = "other.example.org"  # type: ignore[misc]
+
+
+@pytest.mark.parametrize(
+    "edits, section, option",
+    [
+        ({"bogus": {"x": "1"}}, "bogus", None),
+        ({"listener": {"endpoint": "tcp:1"}}, "listener", None),
+        ({"server": {"colour": "blue"}}, "server", "colour"),
+        ({"tls": {"endpoint": "tcp:1"}}, "tls", "endpoint"),
+        ({"listener__submission": {"key": "k"}}, "listener:submission", "key"),
+        ({"server": {"spool": None}}, "server", "spool"),
+        ({"server": {"spool": " "}}, "server", "spool"),
+        ({"tls": {"certificate": None}}, "tls", "certificate"),
+        ({"tls": {"key": None}}, "tls", "key"),
+        ({"tls": None}, "tls", "certificate"),
+        ({"server": {"auth_threads": "many"}}, "server", "auth_threads"),
+        ({"server": {"auth_threads": "1.5"}}, "server", "auth_threads"),
+        ({"auth": {"failure_delay": "soon"}}, "auth", "failure_delay"),
+        ({"auth": {"failure_delay": "-1"}}, "auth", "failure_delay"),
+        ({"server": {"spool_threads": "0"}}, "server", "spool_threads"),
+        ({"limits": {"recipients": "99"}}, "limits", "recipients"),
+        ({"limits": {"line_length": "999"}}, "limits", "line_length"),
+        ({"limits": {"message_size": "65535"}}, "limits", "message_size"),
+        ({"limits": {"idle_timeout": "0"}}, "limits", "idle_timeout"),
+        (
+            {"message": {"received_client_address": "maybe"}},
+            "message",
+            "received_client_address",
+        ),
+        ({"tls": {"minimum_version": "TLSv1.1"}}, "tls", "minimum_version"),
+        ({"tls": {"minimum_version": "tlsv1.2"}}, "tls", "minimum_version"),
+        ({"auth": {"checker": "ldap"}}, "auth", "checker"),
+        ({"senders": {"default": "all"}}, "senders", "default"),
+        ({"server": {"hostname": "localhost"}}, "server", "hostname"),
+        ({"server": {"hostname": "msa_1.example"}}, "server", "hostname"),
+        ({"server": {"hostname": "msa..example"}}, "server", "hostname"),
+        ({"listener__submission": None}, "listener:submission", None),
+        (
+            {"listener__submission": {"endpoint": None}},
+            "listener:submission",
+            "endpoint",
+        ),
+        (
+            {"listener__submission": {"tls": None}},
+            "listener:submission",
+            "tls",
+        ),
+        (
+            {"listener__submission": {"tls": "none"}},
+            "listener:submission",
+            "tls",
+        ),
+        ({"auth": {"htpasswd": None}}, "auth", "htpasswd"),
+        (
+            {"message": {"postmaster": "not an address"}},
+            "message",
+            "postmaster",
+        ),
+        ({"message": {"postmaster": "pm@localhost"}}, "message", "postmaster"),
+        (
+            {"message": {"postmaster": "<pm@example.org>"}},
+            "message",
+            "postmaster",
+        ),
+    ],
+)
+def test_errors(
+    tmp_path: Path, edits: dict, section: str, option: str | None
+) -> None:
+    """
+    Each problem stops loading with one line, FILE: [section] option:
+    problem, naming the section and option at fault.
+    """
+    error = loadError(write(tmp_path, changed(**edits)))
+    assert error.section == section
+    assert error.option == option
+    assert error.problem
+    where = f"[{section}] {option}" if option else f"[{section}]"
+    assert str(error) == f"{error.path}: {where}: {error.problem}"
+
+
+def test_missingFile(tmp_path: Path) -> None:
+    """
+    A missing file is one line, FILE: problem, saying it cannot be read.
+    """
+    path = str(tmp_path / "absent.ini")
+    error = loadError(path)
+    assertWholeFile(error)
+    assert "cannot read" in error.problem
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "hostname = msa.example.org\n",
+        "[server]\n[server]\n",
+        "[server]\nspool = a\nspool = b\n",
+        "[server\n",
+    ],
+)
+def test_unparsableFile(tmp_path: Path, text: str) -> None:
+    """
+    A file that is not INI syntax is one line, FILE: problem.
+    """
+    path = tmp_path / "msagate.ini"
+    path.write_text(text)
+    assertWholeFile(loadError(str(path)))
+
+
+def test_notUTF8(tmp_path: Path) -> None:
+    """
+    A file that is not UTF-8 is one line, FILE: problem.
+    """
+    path = tmp_path / "msagate.ini"
+    path.write_bytes(render(MINIMAL).encode() + b"# \xff\n")
+    assertWholeFile(loadError(str(path)))
+
+
+@pytest.mark.parametrize(
+    "section, option",
+    [("auth", "failure_delay"), ("limits", "idle_timeout")],
+)
+def test_notANumberRefused(tmp_path: Path, section: str, option: str) -> None:
+    """
+    A duration of nan is refused like any other text that is not a number
+    of seconds (SMTP-11, AUTH-15).
+    """
+    path = write(tmp_path, changed(**{section: {option: "nan"}}))
+    error = loadError(path)
+    assert (error.section, error.option) == (section, option)
+
+
+def test_defaultCheckerNeedsHtpasswd(tmp_path: Path) -> None:
+    """
+    The default checker is htpasswd, so leaving out both checker and
+    htpasswd asks for the htpasswd file.
+    """
+    path = write(tmp_path, changed(auth={"htpasswd": None, "checker": None}))
+    assert loadError(path).option == "htpasswd"
+
+
+@pytest.mark.parametrize(
+    "name, value, attribute, expected",
+    [
+        ("server", {"auth_threads": "16"}, "authThreads", 16),
+        ("auth", {"failure_delay": "0.5"}, "authFailureDelay", 0.5),
+        ("auth", {"failure_delay": "0"}, "authFailureDelay", 0.0),
+        ("limits", {"recipients": "100"}, "recipients", 100),
+        ("limits", {"line_length": "1000"}, "lineLength", 1000),
+        ("limits", {"message_size": "65536"}, "messageSize", 65536),
+        (
+            "message",
+            {"received_client_address": "no"},
+            "receivedClientAddress",
+            False,
+        ),
+        (
+            "message",
+            {"received_client_address": "True"},
+            "receivedClientAddress",
+            True,
+        ),
+        (
+            "tls",
+            {"minimum_version": "TLSv1.3"},
+            "tlsMinimumVersion",
+            "TLSv1.3",
+        ),
+        ("senders", {"default": "none"}, "senderDefault", "none"),
+        ("senders", {"detail_delimiter": "-"}, "detailDelimiter", "-"),
+        ("message", {"postmaster": "pm@example.org"}, "postmaster", None),
+        ("server", {"hostname": " MSA.Example.ORG "}, "hostname", None),
+    ],
+)
+def test_values(
+    tmp_path: Path, name: str, value: dict, attribute: str, expected: object
+) -> None:
+    """
+    A value given in the file, at its minimum or above, is read as its
+    kind.
+    """
+    config = loadConfig(write(tmp_path, changed(**{name: value})))
+    if expected is None:
+        expected = next(iter(value.values())).strip()
+    assert getattr(config, attribute) == expected
+
+
+@pytest.mark.parametrize(
+    "option, value", [("spool", "/var/spool/msagate"), ("spool", "./q/../s")]
+)
+def test_pathsResolveAgainstTheFile(
+    tmp_path: Path, option: str, value: str
+) -> None:
+    """
+    A relative path is taken from the configuration file's directory, an
+    absolute one as it is.
+    """
+    config = loadConfig(write(tmp_path, changed(server={option: value})))
+    assert config.spool == os.path.join(str(tmp_path), value)
+    assert os.path.isabs(config.spool)
+
+
+def test_relativeFileName(tmp_path: Path, monkeypatch) -> None:
+    """
+    Loaded by a relative file name, the paths still resolve to absolute
+    ones in the file's directory.
+    """
+    (tmp_path / "etc").mkdir()
+    write(tmp_path / "etc", MINIMAL)
+    monkeypatch.chdir(tmp_path)
+    config = loadConfig(os.path.join("etc", "msagate.ini"))
+    assert config.spool == str(tmp_path / "etc" / "spool")
+    assert config.certificate == str(tmp_path / "etc" / "cert.pem")
+
+
+@pytest.mark.parametrize(
+    "hostname, postmaster",
+    [
+        ("msa.example.org", "postmaster@example.org"),
+        ("smtp.mail.example.net", "postmaster@mail.example.net"),
+    ],
+)
+def test_postmasterDefault(
+    tmp_path: Path, hostname: str, postmaster: str
+) -> None:
+    """
+    Without a postmaster option, mail for <Postmaster> goes to postmaster
+    at the domain of the host name (SUB-19).
+    """
+    path = write(tmp_path, changed(server={"hostname": hostname}))
+    assert loadConfig(path).postmaster == postmaster
+
+
+def test_postmasterDefaultIsQualified(tmp_path: Path) -> None:
+    """
+    The default postmaster is a qualified mailbox even when the host name
+    has only two labels, as an explicit one must be (SUB-19, SUB-11).
+    """
+    path = write(tmp_path, changed(server={"hostname": "example.org"}))
+    assert parseMailbox(loadConfig(path).postmaster).isQualified
+
+
+def test_hostnameDefaultsToTheFQDN(tmp_path: Path, monkeypatch) -> None:
+    """
+    Without a hostname option, the machine's fully qualified name is used.
+    """
+    monkeypatch.setattr(
+        msagate.config.socket, "getfqdn", lambda: "box.example.net"
+    )
+    path = write(tmp_path, changed(server={"hostname": None}))
+    config = loadConfig(path)
+    assert config.hostname == "box.example.net"
+    assert config.postmaster == "postmaster@example.net"
+
+
+def test_hostnameDefaultMustBeQualified(tmp_path: Path, monkeypatch) -> None:
+    """
+    A machine name that is not fully qualified stops start-up with a line
+    that asks for the hostname option (SMTP-12).
+    """
+    monkeypatch.setattr(msagate.config.socket, "getfqdn", lambda: "box")
+    path = write(tmp_path, changed(server={"hostname": None}))
+    error = loadError(path)
+    assert (error.section, error.option) == ("server", "hostname")
+
+
+def test_listenersKeepNamesAndOrder(tmp_path: Path) -> None:
+    """
+    Listeners keep the names of their sections and the order of the file.
+    """
+    sections = changed(listener__submission=None)
+    sections["listener:zeta"] = {"endpoint": "tcp:465", "tls": "implicit"}
+    sections["listener:alpha"] = {"endpoint": "tcp:587", "tls": "starttls"}
+    sections["listener:mid"] = {
+        "endpoint": "tcp:2587:interface=127.0.0.1",
+        "tls": "starttls",
+    }
+    config = loadConfig(write(tmp_path, sections))
+    assert config.listeners == (
+        Listener("zeta", "tcp:465", "implicit"),
+        Listener("alpha", "tcp:587", "starttls"),
+        Listener("mid", "tcp:2587:interface=127.0.0.1", "starttls"),
+    )

@@ -1,0 +1,462 @@
+"""
+Tests for L{msagate.spool} and L{msagate.envelope}: durable storage of
+accepted messages.
+
+Commits run in a real thread pool.  The reactor is a stand-in whose
+C{callFromThread} queues the call; the test runs the queued calls on its
+own thread, which fires the L{Deferred}s without sleeping.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import queue
+import stat
+import types
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from twisted.internet.defer import Deferred
+from twisted.python.failure import Failure
+from twisted.python.threadpool import ThreadPool
+
+import msagate.spool
+from msagate.envelope import FORMAT_VERSION, Envelope
+from msagate.spool import Spool, newQueueID
+
+ENVELOPE = Envelope(
+    sender="alice@example.org",
+    recipients=("bob@example.net", "Carol@example.com"),
+    user="alice",
+    received=1700000000.25,
+    body="8BITMIME",
+    client="[192.0.2.7]:50000",
+)
+
+
+class QueuedReactor:
+    """
+    The part of a reactor that deferToThreadPool uses: calls from the pool
+    threads wait in a queue until the test runs them.
+    """
+
+    def __init__(self) -> None:
+        self.calls: queue.Queue[Callable[[], None]] = queue.Queue()
+
+    def callFromThread(self, function: Callable, *args: Any, **kw: Any):
+        self.calls.put(lambda: function(*args, **kw))
+
+    def outcomeOf(self, deferred: Deferred[Any]) -> Any:
+        """
+        Run queued calls until C{deferred} has fired, and return its
+        result or L{Failure}.
+        """
+        outcome: list[Any] = []
+        deferred.addBoth(outcome.append)
+        while not outcome:
+            self.calls.get(timeout=10)()
+        return outcome[0]
+
+
+@pytest.fixture
+def pool() -> Iterator[ThreadPool]:
+    """
+    A started thread pool of one thread, stopped after the test.
+    """
+    threads = ThreadPool(1, 1, name="test-spool")
+    threads.start()
+    yield threads
+    threads.stop()
+
+
+@pytest.fixture
+def reactor() -> QueuedReactor:
+    """
+    The reactor stand-in.
+    """
+    return QueuedReactor()
+
+
+@pytest.fixture
+def spool(tmp_path: Path, pool: ThreadPool, reactor: QueuedReactor) -> Spool:
+    """
+    A prepared spool in a fresh directory.
+    """
+    result = Spool(str(tmp_path / "spool"), pool, reactor)
+    result.prepare()
+    return result
+
+
+def listing(spool: Spool, name: str) -> list[str]:
+    """
+    Return the sorted file names in the spool's directory C{name}.
+    """
+    return sorted(os.listdir(os.path.join(spool.path, name)))
+
+
+def store(spool: Spool, reactor: QueuedReactor, data: bytes) -> str:
+    """
+    Store one message and return its queue ID, failing if the commit
+    fails.
+    """
+    writer = spool.begin(ENVELOPE)
+    writer.write(data)
+    outcome = reactor.outcomeOf(writer.commit())
+    assert outcome is None
+    return writer.queueID
+
+
+# The envelope.
+
+
+def test_envelopeRoundTrip() -> None:
+    """
+    An envelope read back from its JSON equals the one written.
+    """
+    envelope = Envelope(
+        sender="",
+        recipients=("a@example.org",),
+        user="alice",
+        received=1.5,
+        size=1234,
+        extra={"envid": "x1"},
+    )
+    assert Envelope.fromJSON(envelope.toJSON()) == envelope
+    assert Envelope.fromJSON(ENVELOPE.toJSON()) == ENVELOPE
+
+
+def test_envelopeJSONIsReadable() -> None:
+    """
+    The JSON document carries the format version and each field by name,
+    recipients as a list.
+    """
+    document = json.loads(ENVELOPE.toJSON())
+    assert document["version"] == FORMAT_VERSION == 1
+    assert document["recipients"] == ["bob@example.net", "Carol@example.com"]
+    assert document["sender"] == "alice@example.org"
+    assert document["body"] == "8BITMIME"
+
+
+def test_envelopeDefaults() -> None:
+    """
+    An envelope defaults to a 7-bit body of unknown size from an unnamed
+    client.
+    """
+    envelope = Envelope("", (), "alice", 0.0)
+    assert (envelope.body, envelope.client, envelope.size) == ("7BIT", "", 0)
+    assert envelope.extra == {}
+
+
+@pytest.mark.parametrize("version", [0, 2, "1", None])
+def test_envelopeUnknownVersionRefused(version: object) -> None:
+    """
+    An envelope of another format version is refused rather than misread.
+    """
+    document = json.loads(ENVELOPE.toJSON())
+    document["version"] = version
+    with pytest.raises(ValueError):
+        Envelope.fromJSON(json.dumps(document).encode())
+
+
+def test_envelopeWithoutVersionRefused() -> None:
+    """
+    An envelope without a format version is refused.
+    """
+    document = json.loads(ENVELOPE.toJSON())
+    del document["version"]
+    with pytest.raises(ValueError):
+        Envelope.fromJSON(json.dumps(document).encode())
+
+
+@pytest.mark.parametrize("data", [b"", b"{", b"\xff", b"garbage"])
+def test_envelopeNotJSONRefused(data: bytes) -> None:
+    """
+    Data that is not JSON is refused with ValueError.
+    """
+    with pytest.raises(ValueError):
+        Envelope.fromJSON(data)
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        b"[1]",
+        b'{"version": 1}',
+        b'{"version": 1, "sender": "", "recipients": [], "user": "a",'
+        b' "received": 1, "unknown": 1}',
+    ],
+    ids=["notAnObject", "fieldsMissing", "unknownField"],
+)
+def test_envelopeMalformedDocumentRefused(data: bytes) -> None:
+    """
+    JSON that is not an envelope document (not an object, a field missing
+    or unknown) is refused with ValueError, as fromJSON promises.
+    """
+    with pytest.raises(ValueError):
+        Envelope.fromJSON(data)
+
+
+# Queue IDs.
+
+
+def test_queueIDsUnique() -> None:
+    """
+    Ten thousand queue IDs made in a row are all different.
+    """
+    ids = [newQueueID() for _ in range(10000)]
+    assert len(set(ids)) == len(ids)
+    assert all(len(i) == 18 and set(i) <= set("0123456789ABCDEF") for i in ids)
+
+
+def test_queueIDsTimePartNeverDecreases() -> None:
+    """
+    The time part of successive queue IDs never decreases.
+    """
+    stamps = [newQueueID()[:13] for _ in range(10000)]
+    assert stamps == sorted(stamps)
+
+
+def test_queueIDsSortByTime(monkeypatch: pytest.MonkeyPatch) -> None:
+    """
+    An ID made a microsecond later sorts after, whatever the random parts.
+    """
+    now = iter([0x123456789ABCD * 1000, 0x123456789ABCE * 1000 + 999])
+    bits = iter([0xFFFFF, 0])
+    monkeypatch.setattr(
+        msagate.spool, "time", types.SimpleNamespace(time_ns=lambda: next(now))
+    )
+    monkeypatch.setattr(
+        msagate.spool,
+        "secrets",
+        types.SimpleNamespace(randbits=lambda n: next(bits)),
+    )
+    first, second = newQueueID(), newQueueID()
+    assert (first, second) == ("123456789ABCDFFFFF", "123456789ABCE00000")
+    assert first < second
+
+
+# prepare
+
+
+def test_prepareCreatesDirectories(tmp_path: Path, pool, reactor) -> None:
+    """
+    prepare makes the spool, incoming/ and queue/ directories, private to
+    the owner, and can run again.
+    """
+    spool = Spool(str(tmp_path / "a" / "spool"), pool, reactor)
+    spool.prepare()
+    spool.prepare()
+    for name in ("incoming", "queue"):
+        path = tmp_path / "a" / "spool" / name
+        assert path.is_dir()
+        assert stat.S_IMODE(path.stat().st_mode) & 0o077 == 0
+
+
+def test_prepareClearsLeftovers(spool: Spool, reactor) -> None:
+    """
+    prepare removes everything in incoming/ and every half-committed
+    message in queue/, and keeps the committed ones (SMTP-35).
+    """
+    kept = store(spool, reactor, b"kept\r\n")
+    base = Path(spool.path)
+    (base / "incoming" / "AAA.eml").write_bytes(b"partial")
+    (base / "incoming" / "AAA.json").write_bytes(b"{}")
+    (base / "queue" / "BBB.eml").write_bytes(b"no envelope")
+    (base / "queue" / "CCC.json").write_bytes(b"{}")
+
+    spool.prepare()
+
+    assert listing(spool, "incoming") == []
+    assert listing(spool, "queue") == [kept + ".eml", kept + ".json"]
+    assert spool.queued() == [kept]
+
+
+# Storing messages.
+
+
+def test_commitStoresDataAndEnvelope(spool: Spool, reactor) -> None:
+    """
+    A committed message is QUEUEID.eml with the data written and
+    QUEUEID.json with the envelope and its size, in queue/ (SMTP-35).
+    """
+    writer = spool.begin(ENVELOPE)
+    writer.write(b"Subject: hi\r\n")
+    writer.write(b"\r\nbody\r\n")
+    assert writer.size == 21
+
+    assert reactor.outcomeOf(writer.commit()) is None
+
+    queueID = writer.queueID
+    assert listing(spool, "incoming") == []
+    assert listing(spool, "queue") == [queueID + ".eml", queueID + ".json"]
+    queued = Path(spool.path) / "queue"
+    data = (queued / (queueID + ".eml")).read_bytes()
+    assert data == b"Subject: hi\r\n\r\nbody\r\n"
+    envelope = Envelope.fromJSON((queued / (queueID + ".json")).read_bytes())
+    assert envelope.size == 21
+    assert envelope == Envelope(**{**vars(ENVELOPE), "size": 21})
+    assert writer.envelope == envelope
+
+
+def test_dataIsInIncomingUntilCommit(spool: Spool) -> None:
+    """
+    A message being written lives in incoming/ and is not queued.
+    """
+    writer = spool.begin(ENVELOPE)
+    writer.write(b"x")
+    assert listing(spool, "incoming") == [writer.queueID + ".eml"]
+    assert listing(spool, "queue") == []
+    assert spool.queued() == []
+    writer.abort()
+
+
+def test_filesArePrivate(spool: Spool, reactor) -> None:
+    """
+    The data and envelope files are readable by the owner alone (mode
+    0600), while incoming and once queued.
+    """
+    writer = spool.begin(ENVELOPE)
+    path = Path(spool.path) / "incoming" / (writer.queueID + ".eml")
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    writer.write(b"x")
+    reactor.outcomeOf(writer.commit())
+    for suffix in (".eml", ".json"):
+        path = Path(spool.path) / "queue" / (writer.queueID + suffix)
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600
+
+
+def test_abortRemovesTheMessage(spool: Spool) -> None:
+    """
+    abort leaves nothing of the message in the spool.
+    """
+    writer = spool.begin(ENVELOPE)
+    writer.write(b"unwanted")
+    writer.abort()
+    assert listing(spool, "incoming") == []
+    assert listing(spool, "queue") == []
+
+
+def test_beginSkipsAnIDInUse(spool: Spool, monkeypatch) -> None:
+    """
+    begin never reuses the file of a message already in incoming/.
+    """
+    ids = iter(["0000000000001AAAAA"] * 2 + ["0000000000002BBBBB"])
+    monkeypatch.setattr(msagate.spool, "newQueueID", lambda: next(ids))
+    first = spool.begin(ENVELOPE)
+    first.write(b"first")
+    second = spool.begin(ENVELOPE)
+    assert (first.queueID, second.queueID) == (
+        "0000000000001AAAAA",
+        "0000000000002BBBBB",
+    )
+    first.abort()
+    second.abort()
+
+
+def test_queuedOldestFirst(spool: Spool, reactor, monkeypatch) -> None:
+    """
+    queued lists the committed messages by arrival, oldest first, whatever
+    the order of their commits.
+    """
+    now = iter(range(1_000_000_000, 1_000_100_000, 1000))
+    monkeypatch.setattr(
+        msagate.spool, "time", types.SimpleNamespace(time_ns=lambda: next(now))
+    )
+    writers = [spool.begin(ENVELOPE) for _ in range(5)]
+    for writer in reversed(writers):
+        writer.write(b"x")
+        assert reactor.outcomeOf(writer.commit()) is None
+    assert spool.queued() == [writer.queueID for writer in writers]
+
+
+def test_queuedIgnoresHalfCommitted(spool: Spool, reactor) -> None:
+    """
+    A data file without its envelope is not a queued message.
+    """
+    queueID = store(spool, reactor, b"x")
+    (Path(spool.path) / "queue" / "0000000000000AAAAA.eml").write_bytes(b"x")
+    assert spool.queued() == [queueID]
+
+
+def failOnCall(monkeypatch, name: str, failing: int) -> list[int]:
+    """
+    Replace C{os.<name>} so that its C{failing}th call raises L{OSError};
+    return the list that counts the calls.
+    """
+    real = getattr(os, name)
+    calls: list[int] = []
+
+    def replacement(*args: Any) -> Any:
+        calls.append(1)
+        if len(calls) == failing:
+            raise OSError(5, f"{name} failed")
+        return real(*args)
+
+    monkeypatch.setattr(os, name, replacement)
+    return calls
+
+
+@pytest.mark.parametrize(
+    "name, failing",
+    [
+        ("fsync", 1),
+        ("fsync", 2),
+        ("fsync", 3),
+        ("rename", 1),
+        ("rename", 2),
+    ],
+)
+def test_failedCommitLeavesNothing(
+    spool: Spool, reactor, monkeypatch, name: str, failing: int
+) -> None:
+    """
+    A commit that fails at any step (data fsync, envelope fsync, either
+    rename, directory fsync) fails its Deferred and leaves nothing behind
+    (SMTP-35).
+    """
+    writer = spool.begin(ENVELOPE)
+    writer.write(b"doomed")
+    calls = failOnCall(monkeypatch, name, failing)
+
+    outcome = reactor.outcomeOf(writer.commit())
+
+    assert isinstance(outcome, Failure)
+    assert outcome.check(OSError)
+    assert len(calls) == failing
+    monkeypatch.undo()
+    assert listing(spool, "incoming") == []
+    assert listing(spool, "queue") == []
+    assert spool.queued() == []
+
+
+def test_failedCommitKeepsOthers(spool: Spool, reactor, monkeypatch) -> None:
+    """
+    A failed commit removes only its own message, never one already
+    queued.
+    """
+    kept = store(spool, reactor, b"kept")
+    writer = spool.begin(ENVELOPE)
+    writer.write(b"doomed")
+    failOnCall(monkeypatch, "fsync", 3)
+    assert isinstance(reactor.outcomeOf(writer.commit()), Failure)
+    monkeypatch.undo()
+    assert spool.queued() == [kept]
+    assert listing(spool, "queue") == [kept + ".eml", kept + ".json"]
+
+
+def test_commitRunsInThePool(spool: Spool, reactor) -> None:
+    """
+    The commit's work is done in the pool: the Deferred fires only once
+    the reactor runs the call the pool thread handed back.
+    """
+    writer = spool.begin(ENVELOPE)
+    writer.write(b"x")
+    deferred = writer.commit()
+    call = reactor.calls.get(timeout=10)
+    assert not deferred.called
+    call()
+    assert deferred.called
+    assert spool.queued() == [writer.queueID]
