@@ -31,8 +31,6 @@ stays in the buffer, so replies always come in order (RFC 2920 section
 
 from __future__ import annotations
 
-import base64
-import binascii
 import secrets
 from dataclasses import dataclass, field
 
@@ -46,7 +44,6 @@ from twisted.protocols.policies import TimeoutMixin
 from zope.interface import implementer
 
 from msagate import maillog, replies
-from msagate._data import DataReader
 from msagate.address import (
     AddressError,
     Mailbox,
@@ -59,11 +56,17 @@ from msagate.address import (
 )
 from msagate.envelope import Envelope
 from msagate.errors import TemporaryAuthFailure
-from msagate.intake import MessageIntake
+from msagate.intake import IncomingMessage
 from msagate.interfaces import IAccount
 from msagate.message import TraceInfo
 from msagate.replies import Refused, Reply
-from msagate.sasl import MECHANISMS, SASLFailure
+from msagate.sasl import (
+    MECHANISMS,
+    SASLCancelled,
+    SASLEncodingError,
+    SASLExchange,
+    SASLFailure,
+)
 
 # RFC 5321 section 4.5.3.1.4 asks for 512 octets; extensions add to that.
 MAX_COMMAND_LINE = 2048
@@ -73,6 +76,42 @@ MAX_AUTH_LINE = 12288
 # pauses.
 MAX_PENDING_INPUT = 65536
 
+
+@dataclass(frozen=True)
+class Command:
+    """
+    Where a command is served.
+
+    @ivar beforeTLS: served on a STARTTLS listener before TLS is up.
+    @ivar beforeAuth: served before the client has authenticated.
+    """
+
+    beforeTLS: bool
+    beforeAuth: bool
+
+
+_ANYTIME = Command(beforeTLS=True, beforeAuth=True)
+_UNDER_TLS = Command(beforeTLS=False, beforeAuth=True)
+_AUTHENTICATED = Command(beforeTLS=False, beforeAuth=False)
+
+# RFC 3207 section 4 (TLS first) and RFC 4954 section 6 (AUTH first); each
+# command's handler is the protocol's do_VERB method.
+COMMANDS = {
+    "EHLO": _ANYTIME,
+    "HELO": _ANYTIME,
+    "STARTTLS": _ANYTIME,
+    "NOOP": _ANYTIME,
+    "RSET": _ANYTIME,
+    "HELP": _ANYTIME,
+    "QUIT": _ANYTIME,
+    "AUTH": _UNDER_TLS,
+    "MAIL": _AUTHENTICATED,
+    "RCPT": _AUTHENTICATED,
+    "DATA": _AUTHENTICATED,
+    "VRFY": _AUTHENTICATED,
+}
+
+# Commands of RFC 5321 and its extensions that msagate does not offer.
 UNIMPLEMENTED = frozenset(
     {"ETRN", "ATRN", "TURN", "EXPN", "BDAT", "SEND", "SOML", "SAML"}
 )
@@ -150,9 +189,7 @@ class SubmissionProtocol(Protocol, TimeoutMixin):
         self._logout = None
         self._transaction: _Transaction | None = None
         self._sasl = None
-        self._reader: DataReader | None = None
-        self._intake: MessageIntake | None = None
-        self._writer = None
+        self._message: IncomingMessage | None = None
         self._errors = 0
         self._authFailures = 0
         self._commands: dict[str, list[int]] = {}
@@ -170,7 +207,8 @@ class SubmissionProtocol(Protocol, TimeoutMixin):
         self._closed = True
         self.setTimeout(None)
         self.factory.sessions.discard(self)
-        self._abortMessage()
+        if self._message is not None:
+            self._message.abort()
         if self._logout is not None:
             self._logout()
         user = self._account.user if self._account else ""
@@ -204,13 +242,13 @@ class SubmissionProtocol(Protocol, TimeoutMixin):
 
     def _process(self) -> None:
         while self._buffer and not self._busy and not self._closed:
-            if self._reader is not None:
-                rest = self._reader.feed(self._buffer)
+            if self._message is not None:
+                rest = self._message.feed(self._buffer)
                 self._buffer = b""
                 if rest is None:
                     return
                 self._buffer = rest
-                self._finishData()
+                self._endOfData()
                 continue
 
             line, crlf, rest = self._buffer.partition(b"\r\n")
@@ -261,11 +299,11 @@ class SubmissionProtocol(Protocol, TimeoutMixin):
             self._reply(replies.UNKNOWN_COMMAND)
             return
 
-        handler = getattr(self, "do_" + verbText, None)
-        if handler is None:
-            unknown = verbText in UNIMPLEMENTED
+        command = COMMANDS.get(verbText)
+        if command is None:
+            known = verbText in UNIMPLEMENTED
             self._reply(
-                replies.NOT_IMPLEMENTED if unknown else replies.UNKNOWN_COMMAND
+                replies.NOT_IMPLEMENTED if known else replies.UNKNOWN_COMMAND
             )
             return
         if len(line) > MAX_COMMAND_LINE and verbText != "AUTH":
@@ -275,26 +313,17 @@ class SubmissionProtocol(Protocol, TimeoutMixin):
             self._reply(replies.BAD_SYNTAX, verbText)
             return
 
-        refusal = self._gate(verbText)
+        refusal = self._gate(command)
         if refusal is not None:
             self._reply(refusal, verbText)
             return
+        handler = getattr(self, "do_" + verbText)
         self._run(verbText, lambda: handler(text))
 
-    def _gate(self, verb: str) -> Reply | None:
-        """
-        The table of which commands each state serves (RFC 3207 section 4,
-        RFC 4954 section 6).
-        """
-        if verb in ("EHLO", "HELO", "NOOP", "RSET", "QUIT", "HELP"):
-            return None
-        if not self._tls:
-            if verb == "STARTTLS":
-                return None
+    def _gate(self, command: Command) -> Reply | None:
+        if not (self._tls or command.beforeTLS):
             return replies.TLS_REQUIRED
-        if verb in ("STARTTLS", "AUTH"):
-            return None
-        if self._account is None:
+        if not (self._account or command.beforeAuth):
             return replies.AUTH_REQUIRED
         return None
 
@@ -464,46 +493,37 @@ class SubmissionProtocol(Protocol, TimeoutMixin):
         if not self._esmtp:
             return replies.SAY_HELLO
         name, _, initial = argument.partition(" ")
-        mechanism = MECHANISMS.get(name.upper())
-        if mechanism is None:
+        exchange = SASLExchange.forName(name)
+        if exchange is None:
             return replies.AUTH_UNKNOWN_MECHANISM
         if " " in initial:
             return replies.BAD_SYNTAX
 
-        self._sasl = mechanism()
-        if not initial:
-            return self._saslStep(self._sasl.start, None)
-        # RFC 4954 section 4: "=" is an empty initial response.
-        decoded = b"" if initial == "=" else _decodeBase64(initial)
-        if decoded is None:
-            return self._authAbort(replies.AUTH_BAD_BASE64)
-        return self._saslStep(self._sasl.start, decoded)
+        self._sasl = exchange
+        return self._saslStep(lambda: exchange.start(initial))
 
     def _authResponse(self, line: bytes) -> None:
-        if line == b"*":
-            self._reply(self._authAbort(replies.AUTH_CANCELLED), "AUTH")
-            return
-        decoded = _decodeBase64(line.decode("latin-1"))
-        if decoded is None:
-            self._reply(self._authAbort(replies.AUTH_BAD_BASE64), "AUTH")
-            return
-        step = self._sasl.respond
-        self._run("AUTH", lambda: self._saslStep(step, decoded))
+        exchange = self._sasl
+        self._run(
+            "AUTH", lambda: self._saslStep(lambda: exchange.respond(line))
+        )
 
-    def _saslStep(self, step, response: bytes | None):
+    def _saslStep(self, step) -> Reply | defer.Deferred | None:
         try:
-            outcome = step(response)
+            outcome = step()
+        except SASLCancelled:
+            self._sasl = None
+            return replies.AUTH_CANCELLED
+        except SASLEncodingError:
+            self._sasl = None
+            return replies.AUTH_BAD_BASE64
         except SASLFailure as failure:
             return self._login(None, str(failure))
-        if isinstance(outcome, bytes):
-            challenge = base64.b64encode(outcome).decode("ascii")
-            self._reply(replies.AUTH_CHALLENGE.fill(challenge=challenge))
+
+        if isinstance(outcome, str):
+            self._reply(replies.AUTH_CHALLENGE.fill(challenge=outcome))
             return None
         return self._login(outcome, "")
-
-    def _authAbort(self, reply: Reply) -> Reply:
-        self._sasl = None
-        return reply
 
     def _login(self, credentials, problem: str) -> defer.Deferred:
         mechanism = self._sasl.name
@@ -643,13 +663,20 @@ class SubmissionProtocol(Protocol, TimeoutMixin):
             self._reply(replies.PIPELINED_DATA, "DATA")
             raise _Close()
 
-        self._startMessage()
-        if self._intake is None:
+        try:
+            self._message = self._newMessage()
+        except OSError as error:
+            self.log.error(
+                "{session}: cannot open a spool file: {error}",
+                session=self.session,
+                error=error.strerror,
+            )
+            self._transaction = None
             return replies.LOCAL_ERROR
         self._reply(replies.START_DATA, "DATA")
         return None
 
-    def _startMessage(self) -> None:
+    def _newMessage(self) -> IncomingMessage:
         transaction, now = self._transaction, self.factory.reactor.seconds()
         envelope = Envelope(
             sender=str(transaction.sender or ""),
@@ -659,36 +686,22 @@ class SubmissionProtocol(Protocol, TimeoutMixin):
             body=transaction.body,
             client=self.peer,
         )
-        try:
-            self._writer = self.factory.spool.begin(envelope)
-        except OSError as error:
-            self.log.error(
-                "{session}: cannot open a spool file: {error}",
-                session=self.session,
-                error=error.strerror,
-            )
-            self._transaction = None
-            return
-
-        self._intake = MessageIntake(
-            self._writer,
+        writer = self.factory.spool.begin(envelope)
+        return IncomingMessage(
+            writer,
             self._account,
-            self._trace(self._writer.queueID),
+            self._trace(writer.queueID),
             now=now,
             hostname=self.settings.hostname,
+            maxSize=self.settings.messageSize,
+            lineLength=self.settings.lineLength,
             headerSize=self.settings.headerSize,
             maxReceived=self.settings.maxReceived,
-        )
-        self._reader = DataReader(
-            self._intake.receive,
-            self.settings.messageSize,
-            self.settings.lineLength,
         )
 
     def _trace(self, queueID: str) -> TraceInfo:
         version, cipher = _tlsDescription(self.transport)
-        address = self.transport.getPeer()
-        client = getattr(address, "host", None)
+        client = getattr(self.transport.getPeer(), "host", None)
         if not self.settings.receivedClientAddress:
             client = None
         return TraceInfo(
@@ -702,47 +715,23 @@ class SubmissionProtocol(Protocol, TimeoutMixin):
             tlsCipher=cipher,
         )
 
-    def _finishData(self) -> None:
-        reader, intake, writer = self._reader, self._intake, self._writer
-        transaction = self._transaction
-        self._reader = self._intake = self._writer = None
-        self._transaction = None
-        intake.finish()
-
-        refusal = _readerRefusal(reader, self.settings) or intake.refusal
-        if refusal is not None:
-            writer.abort()
-            self._refuse("DATA", refusal)
-            return
-        committed = writer.commit()
-        committed.addCallback(self._queued, writer, transaction)
-        committed.addErrback(self._commitFailed, writer)
+    def _endOfData(self) -> None:
+        message, transaction = self._message, self._transaction
+        self._message = self._transaction = None
+        committed = message.finish()
+        committed.addCallback(self._queued, message, transaction)
         self._wait("DATA", committed)
 
-    def _queued(self, ignored, writer, transaction: _Transaction) -> Reply:
+    def _queued(self, ignored, message, transaction: _Transaction) -> Reply:
         maillog.queued(
             self.session,
-            writer.queueID,
+            message.queueID,
             self._account.user if self._account else "",
             str(transaction.sender or ""),
             len(transaction.recipients),
-            writer.size,
+            message.size,
         )
-        return replies.QUEUED.fill(queueID=writer.queueID)
-
-    def _commitFailed(self, failure, writer) -> Reply:
-        self.log.failure(
-            "{session}: cannot commit {queueID} to the spool",
-            failure,
-            session=self.session,
-            queueID=writer.queueID,
-        )
-        return replies.LOCAL_ERROR
-
-    def _abortMessage(self) -> None:
-        if self._writer is not None:
-            self._writer.abort()
-            self._writer = self._reader = self._intake = None
+        return replies.QUEUED.fill(queueID=message.queueID)
 
 
 class SubmissionFactory(Factory):
@@ -819,24 +808,6 @@ def _parseParameters(text: str) -> dict[str, str | None]:
         return parseParameters(text)
     except AddressError as error:
         raise Refused(replies.BAD_SYNTAX, str(error)) from None
-
-
-def _decodeBase64(text: str) -> bytes | None:
-    try:
-        return base64.b64decode(text, validate=True)
-    except (binascii.Error, ValueError):
-        return None
-
-
-def _readerRefusal(reader: DataReader, settings: SessionSettings):
-    if reader.problem == "bare-line-ending":
-        return Refused(replies.BARE_LINE_ENDING, "bare CR or LF in data")
-    if reader.problem == "line-too-long":
-        reply = replies.DATA_LINE_TOO_LONG.fill(limit=settings.lineLength)
-        return Refused(reply, "over-long line in data")
-    if reader.problem == "too-big":
-        return Refused(replies.SIZE_EXCEEDED, f"over {reader.size} octets")
-    return None
 
 
 def _tlsDescription(transport) -> tuple[str | None, str | None]:

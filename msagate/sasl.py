@@ -10,6 +10,9 @@ sees the wire and never logs.
 
 from __future__ import annotations
 
+import base64
+import binascii
+
 from twisted.cred.credentials import UsernamePassword
 
 
@@ -17,6 +20,18 @@ class SASLFailure(Exception):
     """
     The client's responses cannot be credentials; the client is told the
     same as for a wrong password (RFC 4954 section 6, AUTH-11).
+    """
+
+
+class SASLCancelled(Exception):
+    """
+    The client cancelled the exchange with C{*} (RFC 4954 section 4).
+    """
+
+
+class SASLEncodingError(Exception):
+    """
+    A client response is not strict base64 (RFC 4954 section 4).
     """
 
 
@@ -107,3 +122,63 @@ def _credentials(username: bytes, password: bytes) -> UsernamePassword:
     if b"\0" in password:
         raise SASLFailure("NUL in password")
     return UsernamePassword(username, password)
+
+
+class SASLExchange:
+    """
+    One AUTH exchange, framed as RFC 4954 section 4 frames it: base64 in
+    both directions, C{*} to cancel, C{=} for an empty initial response.
+
+    @ivar name: the mechanism's name.
+    """
+
+    def __init__(self, mechanism: Plain | Login) -> None:
+        self.name = mechanism.name
+        self._mechanism = mechanism
+
+    @classmethod
+    def forName(cls, name: str) -> SASLExchange | None:
+        """
+        @return: an exchange of the mechanism called C{name} (any case), or
+            L{None} when msagate does not offer it.
+        """
+        mechanism = MECHANISMS.get(name.upper())
+        return None if mechanism is None else cls(mechanism())
+
+    def start(self, initial: str) -> str | UsernamePassword:
+        """
+        @param initial: the initial response of the AUTH command, C{""}
+            when there is none.
+        @return: the next challenge, base64-encoded, or the credentials.
+        @raise SASLEncodingError: when C{initial} is not base64.
+        @raise SASLFailure: when it cannot be credentials.
+        """
+        if not initial:
+            return _encode(self._mechanism.start(None))
+        decoded = b"" if initial == "=" else _decode(initial.encode())
+        return _encode(self._mechanism.start(decoded))
+
+    def respond(self, line: bytes) -> str | UsernamePassword:
+        """
+        @param line: the client's response line.
+        @return: the next challenge, base64-encoded, or the credentials.
+        @raise SASLCancelled: when the client cancels.
+        @raise SASLEncodingError: when C{line} is not base64.
+        @raise SASLFailure: when the responses cannot be credentials.
+        """
+        if line == b"*":
+            raise SASLCancelled()
+        return _encode(self._mechanism.respond(_decode(line)))
+
+
+def _encode(outcome: bytes | UsernamePassword) -> str | UsernamePassword:
+    if isinstance(outcome, bytes):
+        return base64.b64encode(outcome).decode("ascii")
+    return outcome
+
+
+def _decode(text: bytes) -> bytes:
+    try:
+        return base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError):
+        raise SASLEncodingError() from None
