@@ -6,6 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 SOURCES := setup.cfg pyproject.toml $(shell find msagate twisted -name '*.py')
 DEMO := run
+PYTHON_DIRS := msagate twisted tests $(wildcard benchmarks)
 
 .PHONY: run test lint format slapd clean
 
@@ -16,11 +17,11 @@ test: $(VENV)/.installed-test slapd lint
 	PYTHONPATH=. $(BIN)/pytest
 
 lint: $(VENV)/.installed-test
-	$(BIN)/ruff check msagate twisted tests benchmarks
-	$(BIN)/ruff format --check msagate twisted tests benchmarks
+	$(BIN)/ruff check $(PYTHON_DIRS)
+	$(BIN)/ruff format --check $(PYTHON_DIRS)
 
 format: $(VENV)/.installed-test
-	$(BIN)/ruff format msagate twisted tests benchmarks
+	$(BIN)/ruff format $(PYTHON_DIRS)
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)

@@ -35,6 +35,7 @@ class Option:
 
     @ivar section: the section it belongs to.
     @ivar name: its name.
+    @ivar attribute: the L{Config} attribute that holds its value.
     @ivar default: its value when absent, as text; L{None} when the
         option is required, C{""} when it is optional and empty.
     @ivar kind: how its text becomes a value: C{"text"}, C{"path"},
@@ -44,40 +45,75 @@ class Option:
 
     section: str
     name: str
+    attribute: str
     default: str | None
     kind: str = "text"
     choices: tuple[str, ...] = ()
 
 
 OPTIONS = (
-    Option("server", "hostname", ""),
-    Option("server", "spool", None, "path"),
-    Option("server", "auth_threads", "8", "integer"),
-    Option("server", "spool_threads", "4", "integer"),
-    Option("tls", "certificate", None, "path"),
-    Option("tls", "key", None, "path"),
-    Option("tls", "minimum_version", "TLSv1.2", "choice", TLS_VERSIONS),
-    Option("auth", "checker", "htpasswd", "choice", CHECKERS),
-    Option("auth", "htpasswd", "", "path"),
-    Option("auth", "max_failures", "3", "integer"),
-    Option("auth", "failure_delay", "1", "seconds"),
-    Option("senders", "map", "", "path"),
-    Option("senders", "default", "login", "choice", SENDER_DEFAULTS),
-    Option("senders", "detail_delimiter", "+"),
-    Option("limits", "message_size", "26214400", "integer"),
-    Option("limits", "recipients", "100", "integer"),
-    Option("limits", "errors", "20", "integer"),
-    Option("limits", "idle_timeout", "300", "seconds"),
-    Option("limits", "line_length", "1000", "integer"),
-    Option("limits", "header_size", "262144", "integer"),
-    Option("message", "received_client_address", "yes", "boolean"),
-    Option("message", "max_received", "100", "integer"),
-    Option("message", "postmaster", ""),
+    Option("server", "hostname", "hostname", ""),
+    Option("server", "spool", "spool", None, "path"),
+    Option("server", "auth_threads", "authThreads", "8", "integer"),
+    Option("server", "spool_threads", "spoolThreads", "4", "integer"),
+    Option("tls", "certificate", "certificate", None, "path"),
+    Option("tls", "key", "key", None, "path"),
+    Option(
+        "tls",
+        "minimum_version",
+        "tlsMinimumVersion",
+        "TLSv1.2",
+        "choice",
+        TLS_VERSIONS,
+    ),
+    Option("auth", "checker", "checker", "htpasswd", "choice", CHECKERS),
+    Option("auth", "htpasswd", "htpasswd", "", "path"),
+    Option("auth", "max_failures", "maxAuthFailures", "3", "integer"),
+    Option("auth", "failure_delay", "authFailureDelay", "1", "seconds"),
+    Option(
+        "auth", "client_max_failures", "clientMaxAuthFailures", "10", "integer"
+    ),
+    Option(
+        "auth",
+        "client_failure_window",
+        "clientAuthFailureWindow",
+        "900",
+        "seconds",
+    ),
+    Option("senders", "map", "senderMap", "", "path"),
+    Option(
+        "senders",
+        "default",
+        "senderDefault",
+        "login",
+        "choice",
+        SENDER_DEFAULTS,
+    ),
+    Option("senders", "detail_delimiter", "detailDelimiter", "+"),
+    Option("limits", "message_size", "messageSize", "26214400", "integer"),
+    Option("limits", "recipients", "recipients", "100", "integer"),
+    Option("limits", "errors", "errors", "20", "integer"),
+    Option("limits", "connections", "connections", "1000", "integer"),
+    Option(
+        "limits", "client_connections", "clientConnections", "50", "integer"
+    ),
+    Option("limits", "idle_timeout", "idleTimeout", "300", "seconds"),
+    Option("limits", "line_length", "lineLength", "1000", "integer"),
+    Option("limits", "header_size", "headerSize", "262144", "integer"),
+    Option(
+        "message",
+        "received_client_address",
+        "receivedClientAddress",
+        "yes",
+        "boolean",
+    ),
+    Option("message", "max_received", "maxReceived", "100", "integer"),
+    Option("message", "postmaster", "postmaster", ""),
 )
 
 LISTENER_OPTIONS = (
-    Option(LISTENER_PREFIX + "*", "endpoint", None),
-    Option(LISTENER_PREFIX + "*", "tls", None, "choice", TLS_MODES),
+    Option(LISTENER_PREFIX + "*", "endpoint", "endpoint", None),
+    Option(LISTENER_PREFIX + "*", "tls", "tls", None, "choice", TLS_MODES),
 )
 
 _MINIMUMS = {
@@ -130,12 +166,16 @@ class Config:
     htpasswd: str
     maxAuthFailures: int
     authFailureDelay: float
+    clientMaxAuthFailures: int
+    clientAuthFailureWindow: float
     senderMap: str
     senderDefault: str
     detailDelimiter: str
     messageSize: int
     recipients: int
     errors: int
+    connections: int
+    clientConnections: int
     idleTimeout: float
     lineLength: int
     headerSize: int
@@ -160,44 +200,18 @@ def loadConfig(path: str) -> Config:
 
     reader = _Reader(path, parser)
     reader.rejectUnknown()
-    values = {option.name: reader.get(option) for option in OPTIONS}
-    listeners = tuple(reader.listeners())
+    values = {option.attribute: reader.get(option) for option in OPTIONS}
+    values["listeners"] = tuple(reader.listeners())
 
-    hostname = values["hostname"] or socket.getfqdn()
+    hostname = values["hostname"] = values["hostname"] or socket.getfqdn()
     if not isDomain(hostname) or "." not in hostname:
         problem = f"{hostname!r} is not a fully qualified domain name"
         raise ConfigError(path, "server", "hostname", problem)
     if values["checker"] == "htpasswd" and not values["htpasswd"]:
         problem = "required when checker = htpasswd"
         raise ConfigError(path, "auth", "htpasswd", problem)
-
-    return Config(
-        path=path,
-        hostname=hostname,
-        spool=values["spool"],
-        authThreads=values["auth_threads"],
-        spoolThreads=values["spool_threads"],
-        listeners=listeners,
-        certificate=values["certificate"],
-        key=values["key"],
-        tlsMinimumVersion=values["minimum_version"],
-        checker=values["checker"],
-        htpasswd=values["htpasswd"],
-        maxAuthFailures=values["max_failures"],
-        authFailureDelay=values["failure_delay"],
-        senderMap=values["map"],
-        senderDefault=values["default"],
-        detailDelimiter=values["detail_delimiter"],
-        messageSize=values["message_size"],
-        recipients=values["recipients"],
-        errors=values["errors"],
-        idleTimeout=values["idle_timeout"],
-        lineLength=values["line_length"],
-        headerSize=values["header_size"],
-        receivedClientAddress=values["received_client_address"],
-        maxReceived=values["max_received"],
-        postmaster=reader.postmaster(values["postmaster"], hostname),
-    )
+    values["postmaster"] = reader.postmaster(values["postmaster"], hostname)
+    return Config(path=path, **values)
 
 
 class _Reader:

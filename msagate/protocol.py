@@ -32,6 +32,7 @@ stays in the buffer, so replies always come in order (RFC 2920 section
 from __future__ import annotations
 
 import secrets
+from collections import Counter
 from dataclasses import dataclass, field
 
 from twisted.cred.error import UnauthorizedLogin
@@ -67,6 +68,7 @@ from msagate.sasl import (
     SASLExchange,
     SASLFailure,
 )
+from msagate.throttle import AuthThrottle
 
 # RFC 5321 section 4.5.3.1.4 asks for 512 octets; extensions add to that.
 MAX_COMMAND_LINE = 2048
@@ -126,6 +128,10 @@ class SessionSettings:
     @ivar messageSize: the largest message accepted, in octets.
     @ivar recipients: the most recipients accepted per message.
     @ivar errors: the failed commands after which the session is closed.
+    @ivar connections: the most sessions a listener serves at once; 0 for
+        no limit.
+    @ivar clientConnections: the most sessions from one client address;
+        0 for no limit.
     @ivar idleTimeout: seconds without input before the session is closed.
     @ivar lineLength: the longest message line, CRLF included.
     @ivar headerSize: the largest header section held in memory.
@@ -140,6 +146,8 @@ class SessionSettings:
     messageSize: int = 26214400
     recipients: int = 100
     errors: int = 20
+    connections: int = 1000
+    clientConnections: int = 50
     idleTimeout: float = 300
     lineLength: int = 1000
     headerSize: int = 262144
@@ -197,7 +205,7 @@ class SubmissionProtocol(Protocol, TimeoutMixin):
     # Connection events.
 
     def connectionMade(self) -> None:
-        self.factory.sessions.add(self)
+        self.factory.sessionStarted(self)
         self.peer = describeAddress(self.transport.getPeer())
         maillog.connected(self.session, self.peer, self.factory.name)
         self.setTimeout(self.settings.idleTimeout)
@@ -206,7 +214,7 @@ class SubmissionProtocol(Protocol, TimeoutMixin):
     def connectionLost(self, reason=None) -> None:
         self._closed = True
         self.setTimeout(None)
-        self.factory.sessions.discard(self)
+        self.factory.sessionEnded(self)
         if self._message is not None:
             self._message.abort()
         if self._logout is not None:
@@ -492,6 +500,12 @@ class SubmissionProtocol(Protocol, TimeoutMixin):
             return replies.AUTH_IN_TRANSACTION
         if not self._esmtp:
             return replies.SAY_HELLO
+        if self.factory.throttle.blocked(self._clientHost()):
+            # RFC 4954 section 9: this address failed too often lately.
+            reason = "too many failed authentications from this address"
+            refusal = Refused(replies.TOO_MANY_AUTH_FAILURES, reason)
+            self._refuse("AUTH", refusal)
+            raise _Close()
         name, _, initial = argument.partition(" ")
         exchange = SASLExchange.forName(name)
         if exchange is None:
@@ -561,6 +575,7 @@ class SubmissionProtocol(Protocol, TimeoutMixin):
             return failure
 
         self._authFailures += 1
+        self.factory.throttle.failed(self._clientHost())
         last = self._authFailures >= self.settings.maxAuthFailures
         reply = replies.TOO_MANY_AUTH_FAILURES if last else replies.AUTH_FAILED
         maillog.authFailed(self.session, mechanism, reply, "bad credentials")
@@ -699,6 +714,12 @@ class SubmissionProtocol(Protocol, TimeoutMixin):
             maxReceived=self.settings.maxReceived,
         )
 
+    def _clientHost(self) -> str:
+        # Asked each time: behind a PROXY header the peer changes after
+        # connectionMade.
+        address = self.transport.getPeer()
+        return getattr(address, "host", None) or str(address)
+
     def _trace(self, queueID: str) -> TraceInfo:
         version, cipher = _tlsDescription(self.transport)
         client = getattr(self.transport.getPeer(), "host", None)
@@ -760,6 +781,7 @@ class SubmissionFactory(Factory):
         reactor,
         contextFactory=None,
         implicitTLS: bool = False,
+        throttle: AuthThrottle | None = None,
     ) -> None:
         self.name = name
         self.settings = settings
@@ -768,12 +790,44 @@ class SubmissionFactory(Factory):
         self.reactor = reactor
         self.contextFactory = contextFactory
         self.implicitTLS = implicitTLS
+        self.throttle = throttle or AuthThrottle(reactor, 0, 0)
         self.sessions: set[SubmissionProtocol] = set()
+        self._perClient: Counter[str] = Counter()
 
     noisy = False
 
-    def buildProtocol(self, addr) -> SubmissionProtocol:
+    def buildProtocol(self, addr) -> Protocol:
+        """
+        A session, or a refusal when there are too many (RFC 5321 section
+        4.3.2 allows 421 at connection time).
+        """
+        client = getattr(addr, "host", None) or str(addr)
+        limit, perClient = (
+            self.settings.connections,
+            self.settings.clientConnections,
+        )
+        if (limit and len(self.sessions) >= limit) or (
+            perClient and self._perClient[client] >= perClient
+        ):
+            return _Refusal(replies.TOO_MANY_CONNECTIONS, client)
         return SubmissionProtocol(self)
+
+    def sessionStarted(self, session: SubmissionProtocol) -> None:
+        """
+        Count an open session.
+        """
+        self.sessions.add(session)
+        self._perClient[session._clientHost()] += 1
+
+    def sessionEnded(self, session: SubmissionProtocol) -> None:
+        """
+        Forget a closed session.
+        """
+        self.sessions.discard(session)
+        client = session._clientHost()
+        self._perClient[client] -= 1
+        if self._perClient[client] <= 0:
+            del self._perClient[client]
 
     def shutDown(self) -> None:
         """
@@ -781,6 +835,27 @@ class SubmissionFactory(Factory):
         """
         for session in list(self.sessions):
             session.shutDown()
+
+
+class _Refusal(Protocol):
+    """
+    Tells a client it cannot be served now, and hangs up.
+    """
+
+    log = Logger()
+
+    def __init__(self, reply: Reply, client: str) -> None:
+        self.reply = reply
+        self.client = client
+
+    def connectionMade(self) -> None:
+        self.log.warn(
+            "refused a connection from {client}: {reason}",
+            client=self.client,
+            reason=self.reply.text,
+        )
+        self.transport.write(self.reply.format())
+        self.transport.loseConnection()
 
 
 def _splitPath(argument: str, keyword: str, pathReply: Reply):

@@ -108,6 +108,9 @@ TOO_MANY_ERRORS = Reply(421, "4.7.0", "Too many errors, closing connection")
 TOO_MANY_AUTH_FAILURES = Reply(
     421, "4.7.0", "Too many failed authentications, closing connection"
 )
+TOO_MANY_CONNECTIONS = Reply(
+    421, "4.7.0", "Too many connections, try again later"
+)
 PIPELINED_DATA = Reply(
     554, "5.5.0", "Data sent before the 354 reply, closing connection"
 )

@@ -34,6 +34,7 @@ from msagate.protocol import (
 from msagate.realm import SubmissionRealm
 from msagate.senders import LoginSenderSource, SenderMapFile
 from msagate.spool import Spool
+from msagate.throttle import AuthThrottle
 from msagate.tls import TLSSetupError, serverOptions
 
 DEFAULT_CONFIG = "/etc/msagate/msagate.ini"
@@ -77,6 +78,8 @@ def sessionSettings(config: Config) -> SessionSettings:
         messageSize=config.messageSize,
         recipients=config.recipients,
         errors=config.errors,
+        connections=config.connections,
+        clientConnections=config.clientConnections,
         idleTimeout=config.idleTimeout,
         lineLength=config.lineLength,
         headerSize=config.headerSize,
@@ -113,6 +116,9 @@ def buildService(config: Config, reactor) -> MultiService:
         raise ConfigError(config.path, "tls", error.option, problem) from None
 
     settings = sessionSettings(config)
+    throttle = AuthThrottle(
+        reactor, config.clientMaxAuthFailures, config.clientAuthFailureWindow
+    )
     for listener in config.listeners:
         implicit = listener.tls == "implicit"
         factory = SubmissionFactory(
@@ -123,6 +129,7 @@ def buildService(config: Config, reactor) -> MultiService:
             reactor,
             contextFactory=None if implicit else tls,
             implicitTLS=implicit,
+            throttle=throttle,
         )
         service.factories.append(factory)
         wrapped = (

@@ -161,6 +161,7 @@ def connectedSession(
     clock: Clock | None = None,
     implicitTLS: bool = False,
     startTLS: bool = True,
+    throttle=None,
 ):
     """
     Connect a L{SubmissionProtocol} to a L{FakeTLSTransport}.
@@ -177,6 +178,7 @@ def connectedSession(
         clock,
         contextFactory=object() if startTLS else None,
         implicitTLS=implicitTLS,
+        throttle=throttle,
     )
     transport = FakeTLSTransport()
     if implicitTLS:

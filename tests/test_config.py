@@ -23,31 +23,7 @@ MINIMAL = {
 }
 
 # The Config attribute of each option of OPTIONS.
-ATTRIBUTES = {
-    "hostname": "hostname",
-    "spool": "spool",
-    "auth_threads": "authThreads",
-    "spool_threads": "spoolThreads",
-    "certificate": "certificate",
-    "key": "key",
-    "minimum_version": "tlsMinimumVersion",
-    "checker": "checker",
-    "htpasswd": "htpasswd",
-    "max_failures": "maxAuthFailures",
-    "failure_delay": "authFailureDelay",
-    "map": "senderMap",
-    "default": "senderDefault",
-    "detail_delimiter": "detailDelimiter",
-    "message_size": "messageSize",
-    "recipients": "recipients",
-    "errors": "errors",
-    "idle_timeout": "idleTimeout",
-    "line_length": "lineLength",
-    "header_size": "headerSize",
-    "received_client_address": "receivedClientAddress",
-    "max_received": "maxReceived",
-    "postmaster": "postmaster",
-}
+ATTRIBUTES = {option.name: option.attribute for option in OPTIONS}
 
 
 def render(sections: dict[str, dict[str, str]]) -> str:

@@ -12,17 +12,20 @@ import pytest
 from twisted.cred.error import UnauthorizedLogin
 from twisted.cred.portal import Portal
 from twisted.internet import defer
+from twisted.internet.task import Clock
 from twisted.logger import globalLogPublisher
 
 from msagate.errors import TemporaryAuthFailure
-from msagate.protocol import SessionSettings
+from msagate.protocol import SessionSettings, SubmissionProtocol
 from msagate.realm import SubmissionRealm
 from msagate.testing import (
+    FakeTLSTransport,
     MemorySpool,
     StaticSenderSource,
     connectedSession,
     memoryPortal,
 )
+from msagate.throttle import AuthThrottle
 
 PASSWORD = b"correct horse"
 PLAIN = base64.b64encode(b"\0alice\0" + PASSWORD).decode()
@@ -773,6 +776,51 @@ class TestData:
         session = Session()
         submitted(session)
         assert session.codes(b"RCPT TO:<b@example.net>\r\n") == [b"503 5.5.1"]
+
+
+class TestClientLimits:
+    def test_addressBlockedAcrossSessions(self):
+        """
+        After too many failures from one address, a new session from it
+        gets 421 4.7.0 at AUTH, even with the right password (SEC-5).
+        """
+        throttle = AuthThrottle(Clock(), limit=4, window=900)
+        bad = b"AUTH PLAIN " + base64.b64encode(b"\0alice\0x") + b"\r\n"
+        for _ in range(2):
+            session = Session(implicitTLS=True, throttle=throttle)
+            session.send(b"EHLO c.example\r\n")
+            for _ in range(2):
+                session.send(bad)
+                session.clock.advance(10)
+        session = Session(implicitTLS=True, throttle=throttle)
+        session.send(b"EHLO c.example\r\n")
+        codes = session.codes(f"AUTH PLAIN {PLAIN}\r\n".encode())
+        assert codes == [b"421 4.7.0"]
+        assert session.transport.disconnecting
+
+    def test_connectionLimits(self):
+        """
+        Sessions over the per-client limit are refused with 421 4.7.0
+        (SEC-7), and a closed session frees its place.
+        """
+        settings = SessionSettings(
+            hostname="msa.example.org", clientConnections=2
+        )
+        sessions = [Session(settings=settings) for _ in range(2)]
+        factory = sessions[0].protocol.factory
+        sessions[1].protocol.factory = factory
+        factory.sessionStarted(sessions[1].protocol)
+
+        address = sessions[0].transport.getPeer()
+        refused = factory.buildProtocol(address)
+        transport = FakeTLSTransport()
+        refused.makeConnection(transport)
+        assert transport.value().startswith(b"421 4.7.0 ")
+        assert transport.disconnecting
+
+        sessions[0].protocol.connectionLost(None)
+        allowed = factory.buildProtocol(address)
+        assert isinstance(allowed, SubmissionProtocol)
 
 
 class TestLimits:
