@@ -20,6 +20,7 @@ from dataclasses import dataclass
 
 from msagate.address import isDomain, parseMailbox
 from msagate.errors import ConfigError
+from msagate.senders import checkDelimiter
 
 LISTENER_PREFIX = "listener:"
 TLS_MODES = ("starttls", "implicit")
@@ -39,7 +40,9 @@ class Option:
     @ivar default: its value when absent, as text; L{None} when the
         option is required, C{""} when it is optional and empty.
     @ivar kind: how its text becomes a value: C{"text"}, C{"path"},
-        C{"integer"}, C{"seconds"}, C{"boolean"} or C{"choice"}.
+        C{"integer"}, C{"seconds"}, C{"boolean"}, C{"choice"} or
+        C{"delimiter"} (where an empty value means none, not the
+        default).
     @ivar choices: the allowed values of a C{"choice"}.
     """
 
@@ -89,7 +92,7 @@ OPTIONS = (
         "choice",
         SENDER_DEFAULTS,
     ),
-    Option("senders", "detail_delimiter", "detailDelimiter", "+"),
+    Option("senders", "detail_delimiter", "detailDelimiter", "+", "delimiter"),
     Option("limits", "message_size", "messageSize", "26214400", "integer"),
     Option("limits", "recipients", "recipients", "100", "integer"),
     Option("limits", "errors", "errors", "20", "integer"),
@@ -246,6 +249,8 @@ class _Reader:
     def get(self, option: Option, section: str | None = None):
         section = section or option.section
         text = self.parser.get(section, option.name, fallback=None)
+        if option.kind == "delimiter" and text is not None:
+            return self._delimiter(text.strip(), section, option)
         if text is None or not text.strip():
             if option.default is None:
                 self.fail(section, option.name, "required but not set")
@@ -310,6 +315,13 @@ class _Reader:
         if text.lower() not in states:
             self.fail(section, option.name, f"{text!r} is not yes or no")
         return states[text.lower()]
+
+    def _delimiter(self, text: str, section: str, option: Option) -> str:
+        try:
+            checkDelimiter(text)
+        except ValueError as error:
+            self.fail(section, option.name, str(error))
+        return text
 
     def _choice(self, text: str, section: str, option: Option) -> str:
         if text not in option.choices:

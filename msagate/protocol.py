@@ -177,6 +177,9 @@ class SubmissionProtocol(Protocol, TimeoutMixin):
     One submission session; see the module docstring for its states.
 
     @ivar factory: the L{SubmissionFactory} that made it.
+    @ivar session: a short random identifier, in every log line.
+    @ivar countedAs: the address the session counts against in the
+        per-client connection limit.
     """
 
     log = Logger()
@@ -186,9 +189,11 @@ class SubmissionProtocol(Protocol, TimeoutMixin):
         self.settings = factory.settings
         self.callLater = factory.reactor.callLater
         self.session = secrets.token_hex(5)
+        self.countedAs = ""
         self._buffer = b""
         self._busy = False
         self._closed = False
+        self._connectLogged = False
         self._overlongLine = False
         self._tls = factory.implicitTLS
         self._hello: str | None = None
@@ -204,14 +209,29 @@ class SubmissionProtocol(Protocol, TimeoutMixin):
 
     # Connection events.
 
+    @property
+    def peer(self) -> str:
+        """
+        The client's address as logs show it.  Behind a C{haproxy:}
+        endpoint it is the proxy's until the PROXY header has been read,
+        so it is asked each time.
+        """
+        return describeAddress(self.transport.getPeer())
+
     def connectionMade(self) -> None:
         self.factory.sessionStarted(self)
-        self.peer = describeAddress(self.transport.getPeer())
-        maillog.connected(self.session, self.peer, self.factory.name)
         self.setTimeout(self.settings.idleTimeout)
         self._reply(replies.GREETING.fill(host=self.settings.hostname))
 
+    def _logConnect(self) -> None:
+        # Logged with the first input or the end of the session, when a
+        # PROXY header has told the client's real address.
+        if not self._connectLogged:
+            self._connectLogged = True
+            maillog.connected(self.session, self.peer, self.factory.name)
+
     def connectionLost(self, reason=None) -> None:
+        self._logConnect()
         self._closed = True
         self.setTimeout(None)
         self.factory.sessionEnded(self)
@@ -240,6 +260,7 @@ class SubmissionProtocol(Protocol, TimeoutMixin):
             self.transport.loseConnection()
 
     def dataReceived(self, data: bytes) -> None:
+        self._logConnect()
         self.resetTimeout()
         self._buffer += data
         self._process()
@@ -297,33 +318,32 @@ class SubmissionProtocol(Protocol, TimeoutMixin):
     def _command(self, line: bytes) -> None:
         verb, _, argument = line.partition(b" ")
         verb = verb.upper()
+        shown = maillog.printable(verb, 20)
         try:
             verbText = verb.decode("ascii")
             text = argument.decode("ascii")
         except UnicodeDecodeError:
-            self._reply(replies.NOT_ASCII)
+            self._refuse(shown, Refused(replies.NOT_ASCII))
             return
-        if not verbText.isalpha():
-            self._reply(replies.UNKNOWN_COMMAND)
-            return
-
         command = COMMANDS.get(verbText)
         if command is None:
             known = verbText in UNIMPLEMENTED
-            self._reply(
+            reply = (
                 replies.NOT_IMPLEMENTED if known else replies.UNKNOWN_COMMAND
             )
-            return
-        if len(line) > MAX_COMMAND_LINE and verbText != "AUTH":
-            self._reply(replies.LINE_TOO_LONG)
-            return
-        if any(c < " " or c == "\x7f" for c in text):
-            self._reply(replies.BAD_SYNTAX, verbText)
+            self._refuse(shown, Refused(reply))
             return
 
+        if len(line) > MAX_COMMAND_LINE and verbText != "AUTH":
+            self._refuse(verbText, Refused(replies.LINE_TOO_LONG))
+            return
+        if any(c < " " or c == "\x7f" for c in text):
+            reason = "control character in the arguments"
+            self._refuse(verbText, Refused(replies.BAD_SYNTAX, reason))
+            return
         refusal = self._gate(command)
         if refusal is not None:
-            self._reply(refusal, verbText)
+            self._refuse(verbText, Refused(refusal))
             return
         handler = getattr(self, "do_" + verbText)
         self._run(verbText, lambda: handler(text))
@@ -355,6 +375,8 @@ class SubmissionProtocol(Protocol, TimeoutMixin):
             return
         if isinstance(result, defer.Deferred):
             self._wait(verb, result)
+        elif result is not None and result.isFailure:
+            self._refuse(verb, Refused(result))
         elif result is not None:
             self._reply(result, verb)
 
@@ -365,6 +387,8 @@ class SubmissionProtocol(Protocol, TimeoutMixin):
         self._busy = True
 
         def replied(reply: Reply | None) -> None:
+            # Failures arrive as Refused; a failure reply here is a failed
+            # AUTH, which maillog.authFailed has already logged.
             if reply is not None:
                 self._reply(reply, verb)
 
@@ -675,7 +699,8 @@ class SubmissionProtocol(Protocol, TimeoutMixin):
         if self._buffer:
             # The client did not wait for 354: the message would be read
             # from input the server never agreed to take as data.
-            self._reply(replies.PIPELINED_DATA, "DATA")
+            reason = "message data sent before the 354 reply"
+            self._refuse("DATA", Refused(replies.PIPELINED_DATA, reason))
             raise _Close()
 
         try:
@@ -810,24 +835,25 @@ class SubmissionFactory(Factory):
             perClient and self._perClient[client] >= perClient
         ):
             return _Refusal(replies.TOO_MANY_CONNECTIONS, client)
-        return SubmissionProtocol(self)
+        session = SubmissionProtocol(self)
+        session.countedAs = client
+        return session
 
     def sessionStarted(self, session: SubmissionProtocol) -> None:
         """
-        Count an open session.
+        Count an open session under the address it connected from.
         """
         self.sessions.add(session)
-        self._perClient[session._clientHost()] += 1
+        self._perClient[session.countedAs] += 1
 
     def sessionEnded(self, session: SubmissionProtocol) -> None:
         """
         Forget a closed session.
         """
         self.sessions.discard(session)
-        client = session._clientHost()
-        self._perClient[client] -= 1
-        if self._perClient[client] <= 0:
-            del self._perClient[client]
+        self._perClient[session.countedAs] -= 1
+        if self._perClient[session.countedAs] <= 0:
+            del self._perClient[session.countedAs]
 
     def shutDown(self) -> None:
         """

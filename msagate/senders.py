@@ -100,7 +100,7 @@ class SenderPermissions:
             character of C{atext}, or an entry is malformed; the message
             names the entry.
         """
-        _checkDelimiter(detailDelimiter)
+        checkDelimiter(detailDelimiter)
         entries = list(entries)
         anySender = "*" in entries
         domains = frozenset(
@@ -178,7 +178,7 @@ class LoginSenderSource:
         @raise ValueError: for an unknown C{default} or a bad delimiter.
         """
         _checkDefault(default)
-        _checkDelimiter(detailDelimiter)
+        checkDelimiter(detailDelimiter)
         self.default = default
         self.detailDelimiter = detailDelimiter
 
@@ -235,7 +235,7 @@ class SenderMapFile:
         @raise ValueError: for an unknown C{default} or a bad delimiter.
         """
         _checkDefault(default)
-        _checkDelimiter(detailDelimiter)
+        checkDelimiter(detailDelimiter)
         self.path = path
         self.default = default
         self.detailDelimiter = detailDelimiter
@@ -374,7 +374,11 @@ def _checkDefault(default: str) -> None:
         raise ValueError(f"unknown default {default!r}: use login or none")
 
 
-def _checkDelimiter(delimiter: str) -> None:
+def checkDelimiter(delimiter: str) -> None:
+    """
+    @raise ValueError: unless C{delimiter} is empty or one punctuation
+        character that may appear in a local part.
+    """
     if len(delimiter) > 1 or (delimiter and delimiter not in _DELIMITERS):
         raise ValueError(
             f"detail delimiter {delimiter!r} is not one punctuation "

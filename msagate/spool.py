@@ -64,15 +64,20 @@ class Spool:
         self._pool = pool
         self._reactor = reactor
 
-    def prepare(self) -> None:
+    def prepare(self, owner: tuple[int, int] | None = None) -> None:
         """
         Create the directories and clear the traces of interrupted
         submissions.  Called once at start-up, before listening.
 
+        @param owner: the user and group ID the directories should belong
+            to, when msagate will drop root privileges to run as them.
         @raise OSError: when the directories cannot be made.
         """
-        for name in (INCOMING, QUEUE):
-            os.makedirs(os.path.join(self.path, name), 0o700, exist_ok=True)
+        for name in ("", INCOMING, QUEUE):
+            path = os.path.join(self.path, name)
+            os.makedirs(path, 0o700, exist_ok=True)
+            if owner is not None:
+                os.chown(path, *owner)
         for name in os.listdir(os.path.join(self.path, INCOMING)):
             self._discard(os.path.join(self.path, INCOMING, name))
         for name in self._uncommitted():

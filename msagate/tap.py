@@ -10,6 +10,9 @@ with one line naming the file, section and option.
 
 from __future__ import annotations
 
+import os
+from dataclasses import replace
+
 from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import IService, MultiService, Service
 from twisted.cred.portal import Portal
@@ -63,8 +66,11 @@ def makeService(options: Options) -> IService:
     """
     from twisted.internet import reactor
 
+    server = options.parent or {}
+    uid, gid = server.get("uid"), server.get("gid")
+    owner = None if uid is None else (uid, os.getgid() if gid is None else gid)
     try:
-        return buildService(loadConfig(options["config"]), reactor)
+        return buildService(loadConfig(options["config"]), reactor, owner)
     except ConfigError as error:
         raise SystemExit(f"msagate: {error}") from None
 
@@ -91,10 +97,14 @@ def sessionSettings(config: Config) -> SessionSettings:
     )
 
 
-def buildService(config: Config, reactor) -> MultiService:
+def buildService(
+    config: Config, reactor, owner: tuple[int, int] | None = None
+) -> MultiService:
     """
     Assemble msagate from C{config}.
 
+    @param owner: the user and group IDs twistd will switch to (C{--uid},
+        C{--gid}), who must own the spool.
     @raise ConfigError: when a file named in C{config} cannot be used.
     """
     service = SubmissionService()
@@ -106,7 +116,11 @@ def buildService(config: Config, reactor) -> MultiService:
         [_checker(config, authPool, reactor)],
     )
     spool = Spool(config.spool, spoolPool, reactor)
-    SpoolService(spool, config).setServiceParent(service)
+    try:
+        spool.prepare(owner)
+    except OSError as error:
+        problem = f"cannot prepare {error.filename}: {error.strerror}"
+        raise ConfigError(config.path, "server", "spool", problem) from None
     try:
         tls = serverOptions(
             config.certificate, config.key, config.tlsMinimumVersion
@@ -123,7 +137,7 @@ def buildService(config: Config, reactor) -> MultiService:
         implicit = listener.tls == "implicit"
         factory = SubmissionFactory(
             listener.name,
-            settings,
+            _listenerSettings(settings, listener),
             portal,
             spool,
             reactor,
@@ -241,27 +255,13 @@ class ThreadPoolService(Service):
         self.pool.stop()
 
 
-class SpoolService(Service):
-    """
-    Prepares the spool directory at start-up, after C{twistd} has taken on
-    the C{--uid} and C{--gid} it was given, so the directories belong to
-    the user msagate runs as.
-    """
-
-    log = Logger()
-
-    def __init__(self, spool: Spool, config: Config) -> None:
-        self.spool = spool
-        self.config = config
-
-    def startService(self) -> None:
-        super().startService()
-        try:
-            self.spool.prepare()
-        except OSError as error:
-            problem = f"cannot prepare {error.filename}: {error.strerror}"
-            failure = ConfigError(self.config.path, "server", "spool", problem)
-            raise SystemExit(f"msagate: {failure}") from None
+def _listenerSettings(settings: SessionSettings, listener) -> SessionSettings:
+    # Behind a PROXY-protocol endpoint every connection comes from the
+    # proxy until its header is read, so a per-client limit would count
+    # the proxy.
+    if listener.endpoint.startswith("haproxy:"):
+        return replace(settings, clientConnections=0)
+    return settings
 
 
 def _poolService(name: str, size: int, parent: MultiService) -> ThreadPool:

@@ -442,3 +442,24 @@ def test_listenersKeepNamesAndOrder(tmp_path: Path) -> None:
         Listener("alpha", "tcp:587", "starttls"),
         Listener("mid", "tcp:2587:interface=127.0.0.1", "starttls"),
     )
+
+
+@pytest.mark.parametrize("value, expected", [("-", "-"), ("", ""), ("+", "+")])
+def test_detailDelimiter(tmp_path: Path, value: str, expected: str) -> None:
+    """
+    The detail delimiter may be another punctuation character, or empty to
+    turn detail matching off.
+    """
+    path = write(tmp_path, changed(senders={"detail_delimiter": value}))
+    assert loadConfig(path).detailDelimiter == expected
+
+
+@pytest.mark.parametrize("value", ["ab", "a", "@"])
+def test_badDetailDelimiter(tmp_path: Path, value: str) -> None:
+    """
+    A delimiter that cannot separate a detail is a one-line error naming
+    the option.
+    """
+    path = write(tmp_path, changed(senders={"detail_delimiter": value}))
+    error = loadError(path)
+    assert (error.section, error.option) == ("senders", "detail_delimiter")

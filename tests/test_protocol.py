@@ -12,6 +12,7 @@ import pytest
 from twisted.cred.error import UnauthorizedLogin
 from twisted.cred.portal import Portal
 from twisted.internet import defer
+from twisted.internet.address import IPv4Address
 from twisted.internet.task import Clock
 from twisted.logger import globalLogPublisher
 
@@ -803,24 +804,31 @@ class TestClientLimits:
         Sessions over the per-client limit are refused with 421 4.7.0
         (SEC-7), and a closed session frees its place.
         """
-        settings = SessionSettings(
-            hostname="msa.example.org", clientConnections=2
+        session = Session(
+            settings=SessionSettings(
+                hostname="msa.example.org", clientConnections=2
+            )
         )
-        sessions = [Session(settings=settings) for _ in range(2)]
-        factory = sessions[0].protocol.factory
-        sessions[1].protocol.factory = factory
-        factory.sessionStarted(sessions[1].protocol)
+        factory = session.protocol.factory
+        address = IPv4Address("TCP", "192.0.2.7", 50001)
 
-        address = sessions[0].transport.getPeer()
-        refused = factory.buildProtocol(address)
-        transport = FakeTLSTransport()
-        refused.makeConnection(transport)
+        def connect() -> tuple[object, FakeTLSTransport]:
+            protocol = factory.buildProtocol(address)
+            transport = FakeTLSTransport()
+            protocol.makeConnection(transport)
+            return protocol, transport
+
+        first, _ = connect()
+        second, _ = connect()
+        refused, transport = connect()
         assert transport.value().startswith(b"421 4.7.0 ")
         assert transport.disconnecting
+        assert not isinstance(refused, SubmissionProtocol)
 
-        sessions[0].protocol.connectionLost(None)
-        allowed = factory.buildProtocol(address)
-        assert isinstance(allowed, SubmissionProtocol)
+        first.connectionLost(None)
+        third, transport = connect()
+        assert isinstance(third, SubmissionProtocol)
+        assert transport.value().startswith(b"220 ")
 
 
 class TestLimits:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import re
 import selectors
+import shutil
 import signal
 import smtplib
 import ssl
@@ -16,10 +17,12 @@ import sys
 
 import pytest
 from conftest import USERS
+from twisted.internet import reactor
 
 from msagate._certs import CertificateAuthority, selfSigned
 from msagate.config import loadConfig
 from msagate.demo import writeDemo
+from msagate.tap import buildService
 from msagate.tls import TLSSetupError, serverOptions
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -103,14 +106,24 @@ def test_configurationErrorIsOneLine(tmp_path, content, expected):
 
 def test_unusableFilesStopStartUp(serverFiles):
     """
-    A key that does not match its certificate and an unreadable htpasswd
-    file are configuration errors naming their option.
+    A key that does not match its certificate, a spool that cannot be
+    made and an unreadable htpasswd file are configuration errors naming
+    their option.
     """
     other = selfSigned(["other.example"])
+    issuedKey = (serverFiles.parent / "key.pem").read_bytes()
     (serverFiles.parent / "key.pem").write_bytes(other.key)
     process = twistd("--nodaemon", "msagate", "--config", str(serverFiles))
     _, err = process.communicate(timeout=TIMEOUT)
     assert err.decode().startswith(f"msagate: {serverFiles}: [tls] key: ")
+
+    (serverFiles.parent / "key.pem").write_bytes(issuedKey)
+    shutil.rmtree(serverFiles.parent / "spool", ignore_errors=True)
+    (serverFiles.parent / "spool").write_text("not a directory")
+    process = twistd("--nodaemon", "msagate", "--config", str(serverFiles))
+    _, err = process.communicate(timeout=TIMEOUT)
+    assert err.decode().startswith(f"msagate: {serverFiles}: [server] spool")
+    assert process.returncode != 0
 
     (serverFiles.parent / "htpasswd").unlink()
     process = twistd("--nodaemon", "msagate", "--config", str(serverFiles))
@@ -187,3 +200,36 @@ def test_certificateChain(tmp_path):
     with pytest.raises(TLSSetupError) as caught:
         serverOptions(str(tmp_path / "key.pem"), str(tmp_path / "key.pem"))
     assert caught.value.option == "certificate"
+
+
+def test_haproxyListenerCountsNoClients(serverFiles):
+    """
+    Behind a PROXY-protocol endpoint every connection first comes from the
+    proxy, so the per-client connection limit is off there.
+    """
+    text = serverFiles.read_text().replace(
+        "endpoint = tcp:0:interface=127.0.0.1\ntls = implicit",
+        "endpoint = haproxy:tcp:0:interface=127.0.0.1\ntls = implicit",
+    )
+    serverFiles.write_text(text)
+    service = buildService(loadConfig(str(serverFiles)), reactor)
+    plain, proxied = service.factories
+    assert plain.settings.clientConnections == 50
+    assert proxied.settings.clientConnections == 0
+
+
+def test_spoolOwner(serverFiles, monkeypatch):
+    """
+    With twistd's --uid and --gid the spool directories are given to that
+    user, who runs msagate after start-up.
+    """
+    changes = []
+    monkeypatch.setattr(os, "chown", lambda *a: changes.append(a))
+    buildService(loadConfig(str(serverFiles)), reactor, owner=(1234, 5678))
+    spool = str(serverFiles.parent / "spool")
+    assert sorted(path for path, *_ in changes) == [
+        spool + "/",
+        spool + "/incoming",
+        spool + "/queue",
+    ]
+    assert {tuple(owner) for _, *owner in changes} == {(1234, 5678)}
