@@ -488,9 +488,7 @@ def parseOptions(argv: list[str] | None = None) -> argparse.Namespace:
     add("--release-file", help="idle: sessions end when this file exists")
     add("--hold", type=float, default=300.0, help="idle: longest hold")
     options = parser.parse_args(argv)
-    options.date = time.strftime(
-        "%a, %d %b %Y %H:%M:%S +0000", time.gmtime()
-    )
+    options.date = time.strftime("%a, %d %b %Y %H:%M:%S +0000", time.gmtime())
     return options
 
 
@@ -502,7 +500,9 @@ def raiseFileLimit(wanted: int) -> None:
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft < wanted:
         ceiling = wanted if hard == resource.RLIM_INFINITY else hard
-        resource.setrlimit(resource.RLIMIT_NOFILE, (min(wanted, ceiling), hard))
+        resource.setrlimit(
+            resource.RLIMIT_NOFILE, (min(wanted, ceiling), hard)
+        )
 
 
 def main(argv: list[str] | None = None) -> int:

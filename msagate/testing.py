@@ -5,12 +5,15 @@ Fakes for testing msagate and code built on it; none is for production.
   - L{MemorySpool}: an L{ISpool} that keeps messages in memory;
   - L{StaticSenderSource}: an L{ISenderSource} from a dictionary;
   - L{FakeTLSTransport}: a L{StringTransport} that can start TLS;
-  - L{connectedSession}: a protocol on a fake transport, greeted.
+  - L{connectedSession}: a protocol on a fake transport, greeted;
+  - L{ThreadResults}: a reactor stand-in for code that works in a thread
+    pool.
 """
 
 from __future__ import annotations
 
 import itertools
+import queue
 
 from twisted.cred.checkers import InMemoryUsernamePasswordDatabaseDontUse
 from twisted.cred.portal import Portal
@@ -19,6 +22,7 @@ from twisted.internet.address import IPv4Address
 from twisted.internet.interfaces import ISSLTransport
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
+from twisted.python.failure import Failure
 from zope.interface import alsoProvides, implementer
 
 from msagate.envelope import Envelope
@@ -186,3 +190,51 @@ def connectedSession(
     protocol = factory.buildProtocol(None)
     protocol.makeConnection(transport)
     return protocol, transport, clock
+
+
+class ThreadResults:
+    """
+    The part of a reactor that L{deferToThreadPool} uses, for tests that run
+    a real thread pool: what a pool thread hands back waits in a queue
+    until the test's thread runs it, so tests need no running reactor and
+    no sleeps.
+    """
+
+    def __init__(self) -> None:
+        self.calls: queue.Queue = queue.Queue()
+
+    def callFromThread(self, f, *args, **kwargs) -> None:
+        """
+        Queue C{f(*args, **kwargs)} for the test's thread.
+        """
+        self.calls.put((f, args, kwargs))
+
+    def runOne(self, timeout: float = 10) -> None:
+        """
+        Run the next call a pool thread hands back.
+
+        @raise queue.Empty: when none comes within C{timeout} seconds.
+        """
+        f, args, kwargs = self.calls.get(timeout=timeout)
+        f(*args, **kwargs)
+
+    def outcomeOf(self, deferred: defer.Deferred, timeout: float = 10):
+        """
+        Run handed-back calls until C{deferred} fires.
+
+        @return: its result, or its L{Failure}.
+        """
+        outcome: list = []
+        deferred.addBoth(outcome.append)
+        while not outcome:
+            self.runOne(timeout)
+        return outcome[0]
+
+    def resultOf(self, deferred: defer.Deferred, timeout: float = 10):
+        """
+        Like L{outcomeOf}, but raise the exception of a failure.
+        """
+        outcome = self.outcomeOf(deferred, timeout)
+        if isinstance(outcome, Failure):
+            outcome.raiseException()
+        return outcome

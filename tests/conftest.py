@@ -13,12 +13,15 @@ import threading
 
 import bcrypt
 import pytest
-from twisted.internet import reactor
+from twisted.internet import reactor as globalReactor
 from twisted.internet.threads import blockingCallFromThread
+from twisted.logger import globalLogPublisher
+from twisted.python.threadpool import ThreadPool
 
 from msagate._certs import CertificateAuthority
 from msagate.config import loadConfig
 from msagate.tap import buildService
+from msagate.testing import ThreadResults
 
 USERS = {"alice": b"alice's password", "bob": b"bob's password"}
 SENDERS = "alice: alice@example.org, @team.example.org\nbob: bob@example.org\n"
@@ -30,13 +33,13 @@ def runningReactor():
     The global reactor, running in a daemon thread until the session ends.
     """
     thread = threading.Thread(
-        target=reactor.run,
+        target=globalReactor.run,
         kwargs={"installSignalHandlers": False},
         daemon=True,
     )
     thread.start()
-    yield reactor
-    reactor.callFromThread(reactor.stop)
+    yield globalReactor
+    globalReactor.callFromThread(globalReactor.stop)
     thread.join(timeout=30)
 
 
@@ -45,7 +48,37 @@ def inReactor(function, *args, **kwargs):
     Run C{function} in the reactor thread and wait for its result (or the
     result of the L{Deferred} it returns).
     """
-    return blockingCallFromThread(reactor, function, *args, **kwargs)
+    return blockingCallFromThread(globalReactor, function, *args, **kwargs)
+
+
+@pytest.fixture
+def pool():
+    """
+    A started thread pool, stopped after the test.
+    """
+    threads = ThreadPool(minthreads=1, maxthreads=2, name="msagate-test")
+    threads.start()
+    yield threads
+    threads.stop()
+
+
+@pytest.fixture
+def reactor() -> ThreadResults:
+    """
+    A reactor stand-in for results coming back from L{pool}.
+    """
+    return ThreadResults()
+
+
+@pytest.fixture
+def logged():
+    """
+    Collect the log events emitted during a test.
+    """
+    events = []
+    globalLogPublisher.addObserver(events.append)
+    yield events
+    globalLogPublisher.removeObserver(events.append)
 
 
 @pytest.fixture(scope="session")
@@ -100,7 +133,7 @@ class RunningServer:
 
     def __init__(self, path) -> None:
         self.config = loadConfig(str(path))
-        self.service = inReactor(buildService, self.config, reactor)
+        self.service = inReactor(buildService, self.config, globalReactor)
         inReactor(self.service.startService)
         addresses = inReactor(self.service.whenListening)
         self.ports = {

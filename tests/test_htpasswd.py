@@ -6,7 +6,6 @@ Apache htpasswd file.
 from __future__ import annotations
 
 import os
-import queue
 import threading
 
 import bcrypt
@@ -17,9 +16,8 @@ from passlib import hash as passlibHash
 from twisted.cred.checkers import ICredentialsChecker
 from twisted.cred.credentials import UsernamePassword
 from twisted.cred.error import UnauthorizedLogin
-from twisted.logger import formatEvent, globalLogPublisher
+from twisted.logger import formatEvent
 from twisted.python.failure import Failure
-from twisted.python.threadpool import ThreadPool
 from zope.interface.verify import verifyObject
 
 from msagate._watched import FileFormatError
@@ -52,68 +50,6 @@ SCHEMES = {
 }
 
 
-class ThreadCallQueue:
-    """
-    A reactor stand-in that queues the calls a pool thread hands back, for
-    the test's thread to run.
-
-    @ivar calls: the queued calls.
-    """
-
-    def __init__(self) -> None:
-        self.calls: queue.Queue = queue.Queue()
-
-    def callFromThread(self, f, *args, **kwargs) -> None:
-        """
-        Queue C{f(*args, **kwargs)}.
-        """
-        self.calls.put((f, args, kwargs))
-
-    def resultOf(self, deferred):
-        """
-        Run the queued calls until C{deferred} fires.
-
-        @return: its result, or a L{Failure}.
-        """
-        while not deferred.called:
-            f, args, kwargs = self.calls.get(timeout=10)
-            f(*args, **kwargs)
-
-        results = []
-        deferred.addBoth(results.append)
-        return results[0]
-
-
-@pytest.fixture
-def pool():
-    """
-    A started thread pool, stopped after the test.
-    """
-    threads = ThreadPool(minthreads=1, maxthreads=2, name="htpasswd-test")
-    threads.start()
-    yield threads
-    threads.stop()
-
-
-@pytest.fixture
-def reactor():
-    """
-    A reactor stand-in for results coming back from the pool.
-    """
-    return ThreadCallQueue()
-
-
-@pytest.fixture
-def logged():
-    """
-    Collect the log events emitted during a test.
-    """
-    events = []
-    globalLogPublisher.addObserver(events.append)
-    yield events
-    globalLogPublisher.removeObserver(events.append)
-
-
 @pytest.fixture
 def makeChecker(tmp_path, pool, reactor):
     """
@@ -139,7 +75,7 @@ def checkPassword(reactor, checker, user, password):
         user.encode() if isinstance(user, str) else user,
         password.encode() if isinstance(password, str) else password,
     )
-    return reactor.resultOf(checker.requestAvatarId(credentials))
+    return reactor.outcomeOf(checker.requestAvatarId(credentials))
 
 
 def assertRefused(result) -> None:
@@ -673,7 +609,7 @@ def test_resultWaitsForThePool(makeChecker, reactor):
     deferred = checker.requestAvatarId(UsernamePassword(b"alice", b"pw"))
 
     assert not deferred.called
-    assert reactor.resultOf(deferred) == "alice"
+    assert reactor.outcomeOf(deferred) == "alice"
 
 
 def test_oneDebugEventPerCheck(makeChecker, reactor, logged):

@@ -8,12 +8,10 @@ from __future__ import annotations
 import re
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
 
 import pytest
 from twisted.cred.credentials import UsernamePassword
 from twisted.cred.error import UnauthorizedLogin
-from twisted.internet.defer import Deferred
 from twisted.python.failure import Failure
 
 from msagate.address import parseMailbox
@@ -173,65 +171,24 @@ def test_sampleSenderMapParses():
         assert not alice.permits(parseMailbox(refused))
 
 
-class _SynchronousPool:
+@pytest.fixture
+def sampleChecker(pool, reactor) -> HtpasswdChecker:
     """
-    Stands in for a thread pool: runs each call at once, in this thread.
+    A checker of the sample htpasswd file, loaded.
     """
-
-    def callInThreadWithCallback(
-        self, onResult: Any, f: Any, *args: Any, **kwargs: Any
-    ) -> None:
-        """
-        Run C{f} and hand its outcome to C{onResult}.
-        """
-        try:
-            result = f(*args, **kwargs)
-        except Exception:
-            onResult(False, Failure())
-        else:
-            onResult(True, result)
-
-
-class _SynchronousReactor:
-    """
-    Stands in for the reactor: runs calls from the pool at once.
-    """
-
-    def callFromThread(self, f: Any, *args: Any, **kwargs: Any) -> None:
-        """
-        Run C{f(*args, **kwargs)} now.
-        """
-        f(*args, **kwargs)
-
-
-def _outcome(deferred: Deferred) -> Any:
-    """
-    @return: the result or the L{Failure} of a L{Deferred} that has fired.
-    """
-    outcomes: list[Any] = []
-    deferred.addBoth(outcomes.append)
-    assert outcomes, "the Deferred has not fired"
-    return outcomes[0]
-
-
-def _sampleChecker() -> HtpasswdChecker:
-    """
-    @return: a checker of the sample htpasswd file, loaded.
-    """
-    pool, reactor = _SynchronousPool(), _SynchronousReactor()
     checker = HtpasswdChecker(str(SAMPLE_HTPASSWD), pool, reactor)
     checker.load()
     return checker
 
 
-def test_sampleHtpasswdLoads():
+def test_sampleHtpasswdLoads(sampleChecker):
     """
     The sample htpasswd file loads as the checker loads it at start-up.
     """
-    _sampleChecker()
+    assert sampleChecker.path == str(SAMPLE_HTPASSWD)
 
 
-def test_sampleHtpasswdPasswordVerifies():
+def test_sampleHtpasswdPasswordVerifies(sampleChecker, reactor):
     """
     The example user logs in with the password its comment gives, and not
     with another.
@@ -240,10 +197,10 @@ def test_sampleHtpasswdPasswordVerifies():
     found = re.search(r'Example user (\S+), password "([^"]+)"', text)
     assert found, "the sample no longer documents its example password"
     user, password = found.group(1).encode(), found.group(2).encode()
-    checker = _sampleChecker()
+    checker = sampleChecker
 
     right = UsernamePassword(user, password)
-    assert _outcome(checker.requestAvatarId(right)) == user.decode()
+    assert reactor.outcomeOf(checker.requestAvatarId(right)) == user.decode()
     wrong = UsernamePassword(user, password + b"!")
-    failure = _outcome(checker.requestAvatarId(wrong))
+    failure = reactor.outcomeOf(checker.requestAvatarId(wrong))
     assert isinstance(failure, Failure) and failure.check(UnauthorizedLogin)

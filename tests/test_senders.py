@@ -6,8 +6,6 @@ and the default rule.
 from __future__ import annotations
 
 import os
-import queue
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -15,7 +13,6 @@ from hypothesis import given
 from hypothesis import strategies as st
 from twisted.internet.defer import Deferred
 from twisted.logger import capturedLogs
-from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
 from zope.interface.verify import verifyObject
 
@@ -30,63 +27,15 @@ from msagate.senders import (
     defaultPermissions,
     parseSenderMap,
 )
+from msagate.testing import ThreadResults
 
 
-class QueueReactor:
-    """
-    Stands in for the reactor: calls from pool threads wait on a queue
-    until the test runs them.
-    """
-
-    def __init__(self) -> None:
-        self.calls: queue.Queue[tuple[Any, tuple, dict]] = queue.Queue()
-
-    def callFromThread(self, f: Any, *args: Any, **kwargs: Any) -> None:
-        """
-        Queue C{f(*args, **kwargs)} for L{runOne}.
-        """
-        self.calls.put((f, args, kwargs))
-
-    def runOne(self) -> None:
-        """
-        Run the next queued call, waiting at most ten seconds for it.
-        """
-        f, args, kwargs = self.calls.get(timeout=10)
-        f(*args, **kwargs)
-
-
-@pytest.fixture
-def pool() -> Iterator[ThreadPool]:
-    """
-    A started thread pool, stopped when the test ends.
-    """
-    threads = ThreadPool(minthreads=1, maxthreads=2, name="test-senders")
-    threads.start()
-    yield threads
-    threads.stop()
-
-
-@pytest.fixture
-def reactor() -> QueueReactor:
-    """
-    A reactor stand-in whose calls from threads the test runs itself.
-    """
-    return QueueReactor()
-
-
-def resultOf(deferred: Deferred[Any], reactor: QueueReactor) -> Any:
+def resultOf(deferred: Deferred[Any], reactor: ThreadResults) -> Any:
     """
     Run the pool thread's answer and return what C{deferred} fired with,
     raising its failure's exception.
     """
-    reactor.runOne()
-    outcome: list[Any] = []
-    deferred.addBoth(outcome.append)
-
-    assert len(outcome) == 1
-    if isinstance(outcome[0], Failure):
-        outcome[0].raiseException()
-    return outcome[0]
+    return reactor.resultOf(deferred)
 
 
 def writeMap(path: str, text: str, stamp: int) -> None:
@@ -428,7 +377,7 @@ def test_defaultPermissions(
 
 
 def test_sendersForListedUser(
-    tmp_path: Any, pool: ThreadPool, reactor: QueueReactor
+    tmp_path: Any, pool: ThreadPool, reactor: ThreadResults
 ) -> None:
     """
     A listed user gets exactly the entries of their line, which replace
@@ -456,7 +405,7 @@ def test_sendersForListedUser(
 def test_sendersForUnlistedUser(
     tmp_path: Any,
     pool: ThreadPool,
-    reactor: QueueReactor,
+    reactor: ThreadResults,
     default: str,
     user: str,
     expected: bool,
@@ -475,7 +424,7 @@ def test_sendersForUnlistedUser(
 
 
 def test_userNamesCompareExactly(
-    tmp_path: Any, pool: ThreadPool, reactor: QueueReactor
+    tmp_path: Any, pool: ThreadPool, reactor: ThreadResults
 ) -> None:
     """
     A user name differing only in case is not the listed user.
@@ -490,7 +439,7 @@ def test_userNamesCompareExactly(
 
 
 def test_reloadOnChange(
-    tmp_path: Any, pool: ThreadPool, reactor: QueueReactor
+    tmp_path: Any, pool: ThreadPool, reactor: ThreadResults
 ) -> None:
     """
     A rewritten map is in force from the next lookup on.
@@ -508,7 +457,7 @@ def test_reloadOnChange(
 
 
 def test_badFileKeepsOldMap(
-    tmp_path: Any, pool: ThreadPool, reactor: QueueReactor
+    tmp_path: Any, pool: ThreadPool, reactor: ThreadResults
 ) -> None:
     """
     A new file that does not parse leaves the previous map in force and
@@ -528,7 +477,7 @@ def test_badFileKeepsOldMap(
 
 
 def test_unreadableNeverLoaded(
-    tmp_path: Any, pool: ThreadPool, reactor: QueueReactor
+    tmp_path: Any, pool: ThreadPool, reactor: ThreadResults
 ) -> None:
     """
     A map that has never been read and cannot be makes the lookup a
@@ -541,7 +490,7 @@ def test_unreadableNeverLoaded(
 
 
 def test_malformedNeverLoaded(
-    tmp_path: Any, pool: ThreadPool, reactor: QueueReactor
+    tmp_path: Any, pool: ThreadPool, reactor: ThreadResults
 ) -> None:
     """
     A map that has never parsed makes the lookup a TemporaryAuthFailure
@@ -555,7 +504,7 @@ def test_malformedNeverLoaded(
         resultOf(source.sendersFor("alice"), reactor)
 
 
-def test_load(tmp_path: Any, pool: ThreadPool, reactor: QueueReactor) -> None:
+def test_load(tmp_path: Any, pool: ThreadPool, reactor: ThreadResults) -> None:
     """
     load() raises OSError for a missing file and FileFormatError for a
     malformed one, so that start-up stops clearly.
@@ -572,7 +521,7 @@ def test_load(tmp_path: Any, pool: ThreadPool, reactor: QueueReactor) -> None:
 
 @pytest.mark.parametrize("default", ["", "login ", "all", "None"])
 def test_badDefault(
-    default: str, pool: ThreadPool, reactor: QueueReactor
+    default: str, pool: ThreadPool, reactor: ThreadResults
 ) -> None:
     """
     Only 'login' and 'none' are default rules.
@@ -584,7 +533,7 @@ def test_badDefault(
 
 
 def test_badDelimiterForSources(
-    pool: ThreadPool, reactor: QueueReactor
+    pool: ThreadPool, reactor: ThreadResults
 ) -> None:
     """
     The sources refuse a bad delimiter when they are built, not at the
@@ -618,7 +567,7 @@ def test_loginSenderSource(default: str, sender: str, expected: bool) -> None:
     assert outcome[0].permits(mailbox(sender)) is expected
 
 
-def test_interfaces(pool: ThreadPool, reactor: QueueReactor) -> None:
+def test_interfaces(pool: ThreadPool, reactor: ThreadResults) -> None:
     """
     Both sources provide ISenderSource.
     """

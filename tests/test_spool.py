@@ -11,21 +11,19 @@ from __future__ import annotations
 
 import json
 import os
-import queue
 import stat
 import types
-from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from twisted.internet.defer import Deferred
 from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
 
 import msagate.spool
 from msagate.envelope import FORMAT_VERSION, Envelope
 from msagate.spool import Spool, newQueueID
+from msagate.testing import ThreadResults
 
 ENVELOPE = Envelope(
     sender="alice@example.org",
@@ -37,51 +35,8 @@ ENVELOPE = Envelope(
 )
 
 
-class QueuedReactor:
-    """
-    The part of a reactor that deferToThreadPool uses: calls from the pool
-    threads wait in a queue until the test runs them.
-    """
-
-    def __init__(self) -> None:
-        self.calls: queue.Queue[Callable[[], None]] = queue.Queue()
-
-    def callFromThread(self, function: Callable, *args: Any, **kw: Any):
-        self.calls.put(lambda: function(*args, **kw))
-
-    def outcomeOf(self, deferred: Deferred[Any]) -> Any:
-        """
-        Run queued calls until C{deferred} has fired, and return its
-        result or L{Failure}.
-        """
-        outcome: list[Any] = []
-        deferred.addBoth(outcome.append)
-        while not outcome:
-            self.calls.get(timeout=10)()
-        return outcome[0]
-
-
 @pytest.fixture
-def pool() -> Iterator[ThreadPool]:
-    """
-    A started thread pool of one thread, stopped after the test.
-    """
-    threads = ThreadPool(1, 1, name="test-spool")
-    threads.start()
-    yield threads
-    threads.stop()
-
-
-@pytest.fixture
-def reactor() -> QueuedReactor:
-    """
-    The reactor stand-in.
-    """
-    return QueuedReactor()
-
-
-@pytest.fixture
-def spool(tmp_path: Path, pool: ThreadPool, reactor: QueuedReactor) -> Spool:
+def spool(tmp_path: Path, pool: ThreadPool, reactor: ThreadResults) -> Spool:
     """
     A prepared spool in a fresh directory.
     """
@@ -97,7 +52,7 @@ def listing(spool: Spool, name: str) -> list[str]:
     return sorted(os.listdir(os.path.join(spool.path, name)))
 
 
-def store(spool: Spool, reactor: QueuedReactor, data: bytes) -> str:
+def store(spool: Spool, reactor: ThreadResults, data: bytes) -> str:
     """
     Store one message and return its queue ID, failing if the commit
     fails.
@@ -455,8 +410,7 @@ def test_commitRunsInThePool(spool: Spool, reactor) -> None:
     writer = spool.begin(ENVELOPE)
     writer.write(b"x")
     deferred = writer.commit()
-    call = reactor.calls.get(timeout=10)
     assert not deferred.called
-    call()
+    reactor.runOne()
     assert deferred.called
     assert spool.queued() == [writer.queueID]

@@ -9,7 +9,7 @@ import queue
 import threading
 
 import pytest
-from twisted.logger import formatEvent, globalLogPublisher
+from twisted.logger import formatEvent
 
 from msagate._watched import FileFormatError, WatchedFile
 
@@ -31,17 +31,6 @@ class CountingParser:
         if "BAD" in text:
             raise FileFormatError(3, "no separator")
         return text
-
-
-@pytest.fixture
-def logged():
-    """
-    Collect the log events emitted during a test.
-    """
-    events = []
-    globalLogPublisher.addObserver(events.append)
-    yield events
-    globalLogPublisher.removeObserver(events.append)
 
 
 @pytest.fixture
