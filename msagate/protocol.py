@@ -135,7 +135,8 @@ class SessionSettings:
     @ivar idleTimeout: seconds without input before the session is closed.
     @ivar lineLength: the longest message line, CRLF included.
     @ivar headerSize: the largest header section held in memory.
-    @ivar maxAuthFailures: failed AUTHs after which the session is closed.
+    @ivar maxAuthFailures: failed AUTHs after which a further AUTH closes
+        the session.
     @ivar authFailureDelay: seconds the nth failed AUTH waits, times n.
     @ivar receivedClientAddress: whether Received shows the client's IP.
     @ivar maxReceived: how many Received fields mean a mail loop.
@@ -524,9 +525,15 @@ class SubmissionProtocol(Protocol, TimeoutMixin):
             return replies.AUTH_IN_TRANSACTION
         if not self._esmtp:
             return replies.SAY_HELLO
-        if self.factory.throttle.blocked(self._clientHost()):
-            # RFC 4954 section 9: this address failed too often lately.
+        # RFC 4954 section 9: a client may be cut off after repeated
+        # failures, though not before the third.
+        if self._authFailures >= self.settings.maxAuthFailures:
+            reason = "too many failed authentications in this session"
+        elif self.factory.throttle.blocked(self._clientHost()):
             reason = "too many failed authentications from this address"
+        else:
+            reason = ""
+        if reason:
             refusal = Refused(replies.TOO_MANY_AUTH_FAILURES, reason)
             self._refuse("AUTH", refusal)
             raise _Close()
@@ -600,25 +607,16 @@ class SubmissionProtocol(Protocol, TimeoutMixin):
 
         self._authFailures += 1
         self.factory.throttle.failed(self._clientHost())
-        last = self._authFailures >= self.settings.maxAuthFailures
-        reply = replies.TOO_MANY_AUTH_FAILURES if last else replies.AUTH_FAILED
+        reply = replies.AUTH_FAILED
         maillog.authFailed(self.session, mechanism, reply, "bad credentials")
         # A failure answers only after a delay that grows with each one,
         # to slow down password guessing (RFC 4954 section 9).
         delay = self.settings.authFailureDelay * self._authFailures
-        return deferLater(self.factory.reactor, delay, self._failed, reply)
-
-    def _failed(self, reply: Reply) -> Reply:
-        if reply.code == 421:
-            self._reply(reply, "AUTH")
-            raise _Close()
-        return reply
+        return deferLater(self.factory.reactor, delay, lambda: reply)
 
     # The mail transaction.
 
     def do_MAIL(self, argument: str) -> Reply:
-        if self._hello is None:
-            return replies.SAY_HELLO
         if self._transaction is not None:
             return replies.NESTED_MAIL
         path, parameters = _splitPath(

@@ -272,6 +272,19 @@ class TestAuth:
         reply = session.codes(base64.b64encode(PASSWORD) + b"\r\n")
         assert reply == [b"235 2.7.0"]
 
+    def test_loginInitialResponse(self):
+        """
+        AUTH LOGIN may carry the user name, and then prompts only for the
+        password.
+        """
+        session = self.session()
+        user = base64.b64encode(b"alice")
+        assert session.send(b"AUTH LOGIN " + user + b"\r\n") == [
+            b"334 " + base64.b64encode(b"Password:")
+        ]
+        reply = session.codes(base64.b64encode(PASSWORD) + b"\r\n")
+        assert reply == [b"235 2.7.0"]
+
     def test_wrongPassword(self):
         """
         A wrong password and an unknown user get the same 535 5.7.8, after
@@ -289,20 +302,20 @@ class TestAuth:
 
     def test_tooManyFailures(self):
         """
-        After the third failure the session ends with 421 4.7.0 (AUTH-15);
-        each failure waits longer.
+        Three failures are answered 535, each after a longer delay; the
+        next AUTH ends the session with 421 4.7.0 (AUTH-15).
         """
         session = self.session()
         bad = b"AUTH PLAIN " + base64.b64encode(b"\0alice\0x") + b"\r\n"
-        for delay in (1, 2):
+        for delay in (1, 2, 3):
             session.send(bad)
             session.clock.advance(delay - 0.5)
             assert session.take() == []
             session.clock.advance(0.5)
             assert session.take()[0].startswith(b"535 5.7.8")
-        session.send(bad)
-        session.clock.advance(3)
-        assert session.take()[0].startswith(b"421 4.7.0")
+            assert not session.transport.disconnecting
+        good = f"AUTH PLAIN {PLAIN}\r\n".encode()
+        assert session.codes(good) == [b"421 4.7.0"]
         assert session.transport.disconnecting
 
     @pytest.mark.parametrize("response", [b"YW!Jj", b"=AAA", b"AAA=BBB"])
@@ -769,6 +782,22 @@ class TestData:
         submitted(session, MESSAGE + b"..\r\n...x\r\n")
         data = session.spool.messages[0][2]
         assert data.endswith(b"Hi Bob.\r\n.\r\n..x\r\n")
+
+    def test_disconnectDuringData(self):
+        """
+        A client that goes away in the middle of the data leaves nothing
+        in the spool.
+        """
+        session = Session()
+        session.login()
+        session.send(
+            b"MAIL FROM:<alice@example.org>\r\n"
+            b"RCPT TO:<bob@example.net>\r\nDATA\r\n"
+        )
+        session.send(MESSAGE[:40])
+        session.protocol.connectionLost(None)
+        assert session.spool.messages == []
+        assert session.spool.aborted == ["Q0001"]
 
     def test_transactionEndsAfterData(self):
         """
