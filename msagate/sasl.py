@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import base64
 import binascii
+import stringprep
+import unicodedata
 
 from twisted.cred.credentials import UsernamePassword
 
@@ -112,16 +114,67 @@ MECHANISMS = {mechanism.name: mechanism for mechanism in (Plain, Login)}
 def _credentials(username: bytes, password: bytes) -> UsernamePassword:
     """
     Refuse what no checker should ever be asked about: an empty name or
-    password (an empty password is an anonymous bind to LDAP), or control
-    characters, which could reach headers and logs.
+    password (an empty password is an anonymous bind to LDAP), or a name
+    that SASLprep refuses (control characters among others, which could
+    reach headers and logs).  The password is passed on as sent: stored
+    hashes were made from the bytes users typed.
     """
-    if not username or not password:
-        raise SASLFailure("empty user name or password")
-    if any(byte < 0x20 or byte == 0x7F for byte in username):
-        raise SASLFailure("control character in user name")
-    if b"\0" in password:
-        raise SASLFailure("NUL in password")
-    return UsernamePassword(username, password)
+    if not password or b"\0" in password:
+        raise SASLFailure("empty password, or NUL in it")
+    try:
+        prepared = saslprep(username.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise SASLFailure("user name is not UTF-8") from None
+    return UsernamePassword(prepared.encode("utf-8"), password)
+
+
+def saslprep(text: str) -> str:
+    """
+    Prepare a user name with SASLprep (RFC 4013), as RFC 4954 section 4
+    asks of the identities in an AUTH exchange.  Unassigned code points
+    are allowed, as in a query (RFC 3454 section 7).
+
+    @return: the prepared name.
+    @raise SASLFailure: when the name holds a prohibited character, breaks
+        the bidirectional rules, or is empty once prepared.
+    """
+    mapped = "".join(
+        " " if stringprep.in_table_c12(c) else c
+        for c in text
+        if not stringprep.in_table_b1(c)
+    )
+    prepared = unicodedata.normalize("NFKC", mapped)
+    if not prepared:
+        raise SASLFailure("empty user name")
+    if any(_prohibited(c) for c in prepared):
+        raise SASLFailure("prohibited character in user name")
+
+    # RFC 3454 section 6: right-to-left text must be wholly so, and start
+    # and end with a right-to-left character.
+    if any(stringprep.in_table_d1(c) for c in prepared):
+        if any(stringprep.in_table_d2(c) for c in prepared) or not (
+            stringprep.in_table_d1(prepared[0])
+            and stringprep.in_table_d1(prepared[-1])
+        ):
+            raise SASLFailure("mixed-direction user name")
+    return prepared
+
+
+_PROHIBITED = (
+    stringprep.in_table_c12,
+    stringprep.in_table_c21_c22,
+    stringprep.in_table_c3,
+    stringprep.in_table_c4,
+    stringprep.in_table_c5,
+    stringprep.in_table_c6,
+    stringprep.in_table_c7,
+    stringprep.in_table_c8,
+    stringprep.in_table_c9,
+)
+
+
+def _prohibited(character: str) -> bool:
+    return any(inTable(character) for inTable in _PROHIBITED)
 
 
 class SASLExchange:

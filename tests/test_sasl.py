@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 from twisted.cred.credentials import IUsernamePassword, UsernamePassword
 
-from msagate.sasl import MECHANISMS, Login, Plain, SASLFailure
+from msagate.sasl import MECHANISMS, Login, Plain, SASLFailure, saslprep
 
 
 def assertCredentials(result: object, username: bytes, password: bytes):
@@ -210,3 +210,47 @@ def test_loginRefusesBadFields(user: bytes, password: bytes) -> None:
     mechanism.respond(user)
     with pytest.raises(SASLFailure):
         mechanism.respond(password)
+
+
+@pytest.mark.parametrize(
+    "given, prepared",
+    [
+        ("I\u00adX", "IX"),
+        ("user", "user"),
+        ("USER", "USER"),
+        ("\u00aa", "a"),
+        ("\u2168", "IX"),
+        ("a\u00a0b", "a b"),
+        ("alice@example.org", "alice@example.org"),
+    ],
+)
+def test_saslprepMaps(given: str, prepared: str) -> None:
+    """
+    SASLprep maps soft hyphens to nothing, compatibility characters to
+    their plain forms and non-ASCII spaces to a space (AUTH-13; the cases
+    of RFC 4013 section 3).
+    """
+    assert saslprep(given) == prepared
+
+
+@pytest.mark.parametrize(
+    "given", ["\u0007", "a\u0000b", "\u00ad", "\u0627\u0031", "\ue000"]
+)
+def test_saslprepRefuses(given: str) -> None:
+    """
+    A prohibited character, a name empty once prepared and broken
+    right-to-left text are refused (AUTH-13).
+    """
+    with pytest.raises(SASLFailure):
+        saslprep(given)
+
+
+def test_plainPreparesUserName() -> None:
+    """
+    PLAIN hands the checker the prepared user name and the password as
+    sent (AUTH-13).
+    """
+    response = "\0I\u00adX\0p\u00e4ss".encode()
+    credentials = Plain().respond(response)
+    assert credentials.username == b"IX"
+    assert credentials.password == "p\u00e4ss".encode()
