@@ -19,6 +19,7 @@ test: $(VENV)/.installed-test slapd lint
 lint: $(VENV)/.installed-test
 	$(BIN)/ruff check $(PYTHON_DIRS)
 	$(BIN)/ruff format --check $(PYTHON_DIRS)
+	$(BIN)/mypy msagate
 
 format: $(VENV)/.installed-test
 	$(BIN)/ruff format $(PYTHON_DIRS)

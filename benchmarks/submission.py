@@ -53,7 +53,14 @@ CHECKOUT = os.path.dirname(HERE)
 LOADGEN = os.path.join(HERE, "loadgen.py")
 VENV_PYTHON = os.path.join(CHECKOUT, ".venv", "bin", "python")
 TWISTD = os.path.join(CHECKOUT, ".venv", "bin", "twistd")
-SHARED_ANCHORS = "/work/shared/bench/anchors"
+SHARED_ANCHORS = os.path.join(
+    os.path.dirname(os.path.abspath(__file__)),
+    "..",
+    "..",
+    "shared",
+    "bench",
+    "anchors",
+)
 
 USER = "bench"
 PASSWORD = "benchpass"

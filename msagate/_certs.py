@@ -74,7 +74,12 @@ def selfSigned(hostnames: list[str]) -> Issued:
     return Issued(_pem(builder.sign(key, hashes.SHA256())), _keyPEM(key))
 
 
-def _serverBuilder(subject, issuer, key, hostnames: list[str]):
+def _serverBuilder(
+    subject: x509.Name,
+    issuer: x509.Name,
+    key: ec.EllipticCurvePrivateKey,
+    hostnames: list[str],
+) -> x509.CertificateBuilder:
     names = [_generalName(hostname) for hostname in hostnames]
     builder = _builder(subject, issuer, key.public_key())
     builder = builder.add_extension(
@@ -86,7 +91,9 @@ def _serverBuilder(subject, issuer, key, hostnames: list[str]):
     )
 
 
-def _builder(subject, issuer, publicKey) -> x509.CertificateBuilder:
+def _builder(
+    subject: x509.Name, issuer: x509.Name, publicKey: ec.EllipticCurvePublicKey
+) -> x509.CertificateBuilder:
     now = datetime.datetime.now(datetime.UTC)
     return (
         x509.CertificateBuilder()
@@ -110,7 +117,7 @@ def _pem(certificate: x509.Certificate) -> bytes:
     return certificate.public_bytes(serialization.Encoding.PEM)
 
 
-def _keyPEM(key) -> bytes:
+def _keyPEM(key: ec.EllipticCurvePrivateKey) -> bytes:
     return key.private_bytes(
         serialization.Encoding.PEM,
         serialization.PrivateFormat.PKCS8,

@@ -86,8 +86,11 @@ class WatchedFile(Generic[T]):
         @raise FileFormatError: when it has never been read and does not
             parse.
         """
-        if not self._lock.acquire(blocking=self._value is None):
-            return self._value
+        value = self._value
+        if not self._lock.acquire(blocking=value is None):
+            # Only a non-blocking acquire fails: a value is in force.
+            assert value is not None
+            return value
 
         try:
             if self._value is None:

@@ -15,8 +15,9 @@ import configparser
 import math
 import os
 import socket
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import Any, NoReturn, TypeVar
 
 from msagate.address import isDomain, parseMailbox
 from msagate.errors import ConfigError
@@ -27,6 +28,10 @@ TLS_MODES = ("starttls", "implicit")
 TLS_VERSIONS = ("TLSv1.2", "TLSv1.3")
 CHECKERS = ("htpasswd",)
 SENDER_DEFAULTS = ("login", "none")
+
+# What an option's text becomes, depending on its kind.
+_Value = str | int | float | bool
+_Number = TypeVar("_Number", int, float)
 
 
 @dataclass(frozen=True)
@@ -203,7 +208,10 @@ def loadConfig(path: str) -> Config:
 
     reader = _Reader(path, parser)
     reader.rejectUnknown()
-    values = {option.attribute: reader.get(option) for option in OPTIONS}
+    # Config's fields take the values by name, each of its option's type.
+    values: dict[str, Any] = {
+        option.attribute: reader.get(option) for option in OPTIONS
+    }
     values["listeners"] = tuple(reader.listeners())
 
     hostname = values["hostname"] = values["hostname"] or socket.getfqdn()
@@ -222,12 +230,12 @@ class _Reader:
     Turns the parsed sections into values, or into L{ConfigError}s.
     """
 
-    def __init__(self, path: str, parser: configparser.ConfigParser):
+    def __init__(self, path: str, parser: configparser.ConfigParser) -> None:
         self.path = path
         self.parser = parser
         self.base = os.path.dirname(os.path.abspath(path))
 
-    def fail(self, section: str, option: str | None, problem: str):
+    def fail(self, section: str, option: str | None, problem: str) -> NoReturn:
         raise ConfigError(self.path, section, option, problem)
 
     def rejectUnknown(self) -> None:
@@ -246,7 +254,7 @@ class _Reader:
                 if name not in names:
                     self.fail(section, name, "unknown option")
 
-    def get(self, option: Option, section: str | None = None):
+    def get(self, option: Option, section: str | None = None) -> _Value:
         section = section or option.section
         text = self.parser.get(section, option.name, fallback=None)
         if option.kind == "delimiter" and text is not None:
@@ -255,10 +263,11 @@ class _Reader:
             if option.default is None:
                 self.fail(section, option.name, "required but not set")
             text = option.default
+        convert: Callable[[str, str, Option], _Value]
         convert = getattr(self, "_" + option.kind)
         return convert(text.strip(), section, option)
 
-    def listeners(self):
+    def listeners(self) -> Iterator[Listener]:
         sections = [
             section
             for section in self.parser.sections()
@@ -267,8 +276,9 @@ class _Reader:
         if not sections:
             self.fail("listener:submission", None, "no listener configured")
         for section in sections:
+            # Both options are text.
             endpoint, tls = (
-                self.get(option, section) for option in LISTENER_OPTIONS
+                str(self.get(option, section)) for option in LISTENER_OPTIONS
             )
             yield Listener(section[len(LISTENER_PREFIX) :], endpoint, tls)
 
@@ -298,12 +308,19 @@ class _Reader:
     def _seconds(self, text: str, section: str, option: Option) -> float:
         return self._number(text, section, option, float)
 
-    def _number(self, text, section, option, kind: Callable):
+    def _number(
+        self,
+        text: str,
+        section: str,
+        option: Option,
+        kind: Callable[[str], _Number],
+    ) -> _Number:
+        value: _Number | None
         try:
             value = kind(text)
         except ValueError:
-            value = math.nan
-        if not math.isfinite(value):
+            value = None
+        if value is None or not math.isfinite(value):
             self.fail(section, option.name, f"{text!r} is not a number")
         minimum = _MINIMUMS.get(option.name, 0)
         if value < minimum:

@@ -13,8 +13,11 @@ only answer then, and nothing of a refused message is kept.
 
 from __future__ import annotations
 
+from typing import NoReturn
+
 from twisted.internet import defer
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from msagate import replies
 from msagate._data import BARE_LINE_ENDING, LINE_TOO_LONG, TOO_BIG, DataReader
@@ -79,7 +82,7 @@ class IncomingMessage:
         """
         return self._reader.feed(data)
 
-    def finish(self) -> defer.Deferred:
+    def finish(self) -> defer.Deferred[None]:
         """
         The data has ended: refuse the message, or commit it to the spool.
 
@@ -169,7 +172,7 @@ class IncomingMessage:
             return Refused(replies.SIZE_EXCEEDED, f"{size} octets of data")
         return None
 
-    def _commitFailed(self, failure) -> None:
+    def _commitFailed(self, failure: Failure) -> NoReturn:
         self.log.failure(
             "{queueID}: cannot commit to the spool",
             failure,

@@ -16,11 +16,20 @@ swapped:
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from twisted.cred.checkers import ICredentialsChecker
 from twisted.cred.credentials import IUsernamePassword
 from twisted.cred.error import UnauthorizedLogin
 from twisted.cred.portal import IRealm
 from zope.interface import Attribute, Interface
+
+if TYPE_CHECKING:
+    from twisted.internet.defer import Deferred
+
+    from msagate.address import Mailbox
+    from msagate.envelope import Envelope
+    from msagate.senders import SenderPermissions
 
 __all__ = [
     "IAccount",
@@ -39,12 +48,12 @@ class IAccount(Interface):
     An authenticated user, as the realm hands it to a submission session.
     """
 
-    user = Attribute(
+    user: str = Attribute(
         "The canonical user name (a str): what logs and the Received field "
         "show, whatever spelling the client typed at AUTH."
     )
 
-    def maySendAs(address):
+    def maySendAs(address: Mailbox) -> bool:
         """
         Whether this user may use C{address} as the envelope sender or in
         the From: and Sender: header fields.
@@ -61,7 +70,9 @@ class ISenderSource(Interface):
     Where the realm learns which senders a user may use.
     """
 
-    def sendersFor(user):
+    def sendersFor(
+        user: str,
+    ) -> SenderPermissions | Deferred[SenderPermissions]:
         """
         Look up the sender permissions of C{user}.
 
@@ -79,7 +90,7 @@ class ISpool(Interface):
     Durable storage for accepted messages, read by the relay manager.
     """
 
-    def begin(envelope):
+    def begin(envelope: Envelope) -> ISpoolWriter:
         """
         Start storing one message.
 
@@ -94,16 +105,16 @@ class ISpoolWriter(Interface):
     One message on its way into the spool.
     """
 
-    queueID = Attribute("The message's queue identifier (a str).")
+    queueID: str = Attribute("The message's queue identifier (a str).")
 
-    def write(data):
+    def write(data: bytes) -> None:
         """
         Append C{data} (bytes) to the message.
 
         @raise OSError: when the data cannot be written.
         """
 
-    def commit():
+    def commit() -> Deferred[None]:
         """
         Make the message durable and hand it to the relay manager.
 
@@ -112,7 +123,7 @@ class ISpoolWriter(Interface):
             fails; after a failure nothing of the message is left behind.
         """
 
-    def abort():
+    def abort() -> None:
         """
         Throw the message away; nothing of it is left behind.
         """

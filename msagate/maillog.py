@@ -66,7 +66,9 @@ def authenticated(session: str, user: str, mechanism: str) -> None:
     )
 
 
-def authFailed(session: str, mechanism: str, reply: Reply, reason: str):
+def authFailed(
+    session: str, mechanism: str, reply: Reply, reason: str
+) -> None:
     """
     An authentication failed; C{reason} never holds the credentials.
     """

@@ -31,12 +31,13 @@ from __future__ import annotations
 import ipaddress
 import re
 import secrets
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.errors import InvalidHeaderDefect
 from email.headerregistry import AddressHeader, HeaderRegistry
 from email.utils import format_datetime
+from typing import cast
 
 from msagate.address import (
     AddressError,
@@ -120,7 +121,7 @@ class HeaderSection:
         value and every continuation line, each line ending in CRLF.
     """
 
-    def __init__(self, fields: Sequence[tuple[str, bytes]]) -> None:
+    def __init__(self, fields: Iterable[tuple[str, bytes]]) -> None:
         """
         @param fields: the value of L{fields}.
         """
@@ -234,7 +235,10 @@ def _parseAddressList(name: str, value: str) -> list[Mailbox]:
     # recording a defect; any failure means the field is malformed.
     try:
         parsed = _ADDRESS_PARSER(name, value)
-        addresses = [address.addr_spec for address in parsed.addresses]
+        # Its classes derive from default_class, AddressHeader, which
+        # typeshed cannot tell from its BaseHeader return type.
+        field = cast(AddressHeader, parsed)
+        addresses = [address.addr_spec for address in field.addresses]
     except Exception as error:
         raise MessageError(f"unparsable {name} field") from error
 
@@ -248,7 +252,7 @@ def _parseAddressList(name: str, value: str) -> list[Mailbox]:
         raise MessageError(f"bad address in {name} field: {error}") from None
 
 
-def splitHeader(buffer: bytes, searched: int = 0) -> int | None:
+def splitHeader(buffer: bytes | bytearray, searched: int = 0) -> int | None:
     """
     Find where the header section ends (RFC 5322 section 2.1).
 

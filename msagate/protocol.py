@@ -33,16 +33,33 @@ from __future__ import annotations
 
 import secrets
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, cast
 
+from twisted.cred.credentials import UsernamePassword
 from twisted.cred.error import UnauthorizedLogin
+from twisted.cred.portal import Portal
 from twisted.internet import defer
-from twisted.internet.interfaces import IHandshakeListener, ISSLTransport
+from twisted.internet.address import IPv4Address, IPv6Address
+from twisted.internet.interfaces import (
+    IAddress,
+    IDelayedCall,
+    IHandshakeListener,
+    IOpenSSLServerConnectionCreator,
+    IPushProducer,
+    IReactorTime,
+    ISSLTransport,
+    ISystemHandle,
+    ITLSTransport,
+    ITransport,
+)
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.task import deferLater
 from twisted.logger import Logger
 from twisted.protocols.policies import TimeoutMixin
-from zope.interface import implementer
+from twisted.python.failure import Failure
+from zope.interface import Interface, implementer
 
 from msagate import maillog, replies
 from msagate.address import (
@@ -58,7 +75,7 @@ from msagate.address import (
 from msagate.envelope import Envelope
 from msagate.errors import TemporaryAuthFailure
 from msagate.intake import IncomingMessage
-from msagate.interfaces import IAccount
+from msagate.interfaces import IAccount, ISpool
 from msagate.message import TraceInfo
 from msagate.replies import Refused, Reply
 from msagate.sasl import (
@@ -69,6 +86,17 @@ from msagate.sasl import (
     SASLFailure,
 )
 from msagate.throttle import AuthThrottle
+
+if TYPE_CHECKING:
+    from OpenSSL import SSL
+
+    class _ISessionTransport(ITLSTransport, ISystemHandle, IPushProducer):
+        """
+        What a session uses of its transport, for the type checker only:
+        Twisted's TCP and TLS transports provide all of it, but none of
+        their interfaces says so alone.
+        """
+
 
 # RFC 5321 section 4.5.3.1.4 asks for 512 octets; extensions add to that.
 MAX_COMMAND_LINE = 2048
@@ -172,6 +200,14 @@ class _Close(Exception):
     """
 
 
+# What a command gives: its reply, a Deferred that fires with it, or None
+# when the command has replied itself.
+_Outcome = Reply | defer.Deferred[Reply] | None
+
+# What the portal's login gives when asked for IAccount.
+_Avatar = tuple[type[Interface], IAccount, Callable[[], None]]
+
+
 @implementer(IHandshakeListener)
 class SubmissionProtocol(Protocol, TimeoutMixin):
     """
@@ -184,11 +220,13 @@ class SubmissionProtocol(Protocol, TimeoutMixin):
     """
 
     log = Logger()
+    factory: SubmissionFactory
+    # Set by makeConnection, before any method here runs.
+    transport: _ISessionTransport
 
     def __init__(self, factory: SubmissionFactory) -> None:
         self.factory = factory
         self.settings = factory.settings
-        self.callLater = factory.reactor.callLater
         self.session = secrets.token_hex(5)
         self.countedAs = ""
         self._buffer = b""
@@ -200,13 +238,22 @@ class SubmissionProtocol(Protocol, TimeoutMixin):
         self._hello: str | None = None
         self._esmtp = False
         self._account: IAccount | None = None
-        self._logout = None
+        self._logout: Callable[[], None] | None = None
         self._transaction: _Transaction | None = None
-        self._sasl = None
+        self._sasl: SASLExchange | None = None
         self._message: IncomingMessage | None = None
         self._errors = 0
         self._authFailures = 0
         self._commands: dict[str, list[int]] = {}
+
+    def callLater(
+        self, period: float, func: Callable[[], object]
+    ) -> IDelayedCall:
+        """
+        Schedule the idle timeout of L{TimeoutMixin} on the factory's
+        reactor rather than the global one.
+        """
+        return self.factory.reactor.callLater(period, func)
 
     # Connection events.
 
@@ -231,7 +278,7 @@ class SubmissionProtocol(Protocol, TimeoutMixin):
             self._connectLogged = True
             maillog.connected(self.session, self.peer, self.factory.name)
 
-    def connectionLost(self, reason=None) -> None:
+    def connectionLost(self, reason: Failure | None = None) -> None:
         self._logConnect()
         self._closed = True
         self.setTimeout(None)
@@ -278,7 +325,7 @@ class SubmissionProtocol(Protocol, TimeoutMixin):
                 if rest is None:
                     return
                 self._buffer = rest
-                self._endOfData()
+                self._endOfData(self._message)
                 continue
 
             line, crlf, rest = self._buffer.partition(b"\r\n")
@@ -309,7 +356,7 @@ class SubmissionProtocol(Protocol, TimeoutMixin):
     def _lineReceived(self, line: bytes) -> None:
         try:
             if self._sasl is not None:
-                self._authResponse(line)
+                self._authResponse(self._sasl, line)
             else:
                 self._command(line)
         except _Close:
@@ -356,7 +403,7 @@ class SubmissionProtocol(Protocol, TimeoutMixin):
             return replies.AUTH_REQUIRED
         return None
 
-    def _run(self, verb: str, call) -> None:
+    def _run(self, verb: str, call: Callable[[], _Outcome]) -> None:
         """
         Run one command's C{call} and send its reply, now or when the
         L{defer.Deferred} it returns fires.
@@ -381,7 +428,7 @@ class SubmissionProtocol(Protocol, TimeoutMixin):
         elif result is not None:
             self._reply(result, verb)
 
-    def _wait(self, verb: str, pending: defer.Deferred) -> None:
+    def _wait(self, verb: str, pending: defer.Deferred[Reply]) -> None:
         """
         Hold further input until C{pending} fires with the reply.
         """
@@ -393,8 +440,8 @@ class SubmissionProtocol(Protocol, TimeoutMixin):
             if reply is not None:
                 self._reply(reply, verb)
 
-        def refused(failure) -> None:
-            if failure.check(Refused):
+        def refused(failure: Failure) -> None:
+            if isinstance(failure.value, Refused):
                 self._refuse(verb, failure.value)
             elif failure.check(_Close):
                 self.transport.loseConnection()
@@ -518,7 +565,7 @@ class SubmissionProtocol(Protocol, TimeoutMixin):
 
     # Authentication.
 
-    def do_AUTH(self, argument: str) -> Reply | defer.Deferred | None:
+    def do_AUTH(self, argument: str) -> _Outcome:
         if self._account is not None:
             return replies.AUTH_ALREADY
         if self._transaction is not None:
@@ -547,13 +594,14 @@ class SubmissionProtocol(Protocol, TimeoutMixin):
         self._sasl = exchange
         return self._saslStep(lambda: exchange.start(initial))
 
-    def _authResponse(self, line: bytes) -> None:
-        exchange = self._sasl
+    def _authResponse(self, exchange: SASLExchange, line: bytes) -> None:
         self._run(
             "AUTH", lambda: self._saslStep(lambda: exchange.respond(line))
         )
 
-    def _saslStep(self, step) -> Reply | defer.Deferred | None:
+    def _saslStep(
+        self, step: Callable[[], str | UsernamePassword]
+    ) -> _Outcome:
         try:
             outcome = step()
         except SASLCancelled:
@@ -570,7 +618,11 @@ class SubmissionProtocol(Protocol, TimeoutMixin):
             return None
         return self._login(outcome, "")
 
-    def _login(self, credentials, problem: str) -> defer.Deferred:
+    def _login(
+        self, credentials: UsernamePassword | None, problem: str
+    ) -> defer.Deferred[Reply]:
+        # Called while an exchange is under way.
+        assert self._sasl is not None
         mechanism = self._sasl.name
         self._sasl = None
         if credentials is None:
@@ -586,7 +638,7 @@ class SubmissionProtocol(Protocol, TimeoutMixin):
             errbackArgs=(mechanism,),
         )
 
-    def _loggedIn(self, result, mechanism: str) -> Reply:
+    def _loggedIn(self, result: _Avatar, mechanism: str) -> Reply:
         interface, account, logout = result
         if self._closed:
             logout()
@@ -595,7 +647,9 @@ class SubmissionProtocol(Protocol, TimeoutMixin):
         maillog.authenticated(self.session, account.user, mechanism)
         return replies.AUTH_OK
 
-    def _loginFailed(self, failure, mechanism: str):
+    def _loginFailed(
+        self, failure: Failure, mechanism: str
+    ) -> Reply | Failure | defer.Deferred[Reply]:
         if failure.check(TemporaryAuthFailure):
             reply = replies.AUTH_TEMPORARY
             maillog.authFailed(
@@ -625,6 +679,8 @@ class SubmissionProtocol(Protocol, TimeoutMixin):
         sender = _parsePath(path, replies.BAD_SENDER_SYNTAX)
         body = self._mailParameters(parameters)
 
+        # MAIL is served only after AUTH (see COMMANDS).
+        assert self._account is not None
         if sender is not None:
             if not sender.isQualified:
                 raise Refused(replies.SENDER_NOT_QUALIFIED, str(sender))
@@ -702,7 +758,7 @@ class SubmissionProtocol(Protocol, TimeoutMixin):
             raise _Close()
 
         try:
-            self._message = self._newMessage()
+            self._message = self._newMessage(self._transaction)
         except OSError as error:
             self.log.error(
                 "{session}: cannot open a spool file: {error}",
@@ -714,8 +770,10 @@ class SubmissionProtocol(Protocol, TimeoutMixin):
         self._reply(replies.START_DATA, "DATA")
         return None
 
-    def _newMessage(self) -> IncomingMessage:
-        transaction, now = self._transaction, self.factory.reactor.seconds()
+    def _newMessage(self, transaction: _Transaction) -> IncomingMessage:
+        # DATA is served only after AUTH (see COMMANDS).
+        assert self._account is not None
+        now = self.factory.reactor.seconds()
         envelope = Envelope(
             sender=str(transaction.sender or ""),
             recipients=tuple(transaction.recipients),
@@ -728,7 +786,7 @@ class SubmissionProtocol(Protocol, TimeoutMixin):
         return IncomingMessage(
             writer,
             self._account,
-            self._trace(writer.queueID),
+            self._trace(writer.queueID, transaction),
             now=now,
             hostname=self.settings.hostname,
             maxSize=self.settings.messageSize,
@@ -743,9 +801,9 @@ class SubmissionProtocol(Protocol, TimeoutMixin):
         address = self.transport.getPeer()
         return getattr(address, "host", None) or str(address)
 
-    def _trace(self, queueID: str) -> TraceInfo:
+    def _trace(self, queueID: str, transaction: _Transaction) -> TraceInfo:
         version, cipher = _tlsDescription(self.transport)
-        client = getattr(self.transport.getPeer(), "host", None)
+        client: str | None = getattr(self.transport.getPeer(), "host", None)
         if not self.settings.receivedClientAddress:
             client = None
         return TraceInfo(
@@ -754,19 +812,27 @@ class SubmissionProtocol(Protocol, TimeoutMixin):
             byHost=self.settings.hostname,
             protocol="ESMTPSA" if self._tls else "ESMTPA",
             queueID=queueID,
-            recipients=list(self._transaction.recipients),
+            recipients=list(transaction.recipients),
             tlsVersion=version,
             tlsCipher=cipher,
         )
 
-    def _endOfData(self) -> None:
-        message, transaction = self._message, self._transaction
+    def _endOfData(self, message: IncomingMessage) -> None:
+        transaction = self._transaction
+        # DATA reads a message only within a transaction.
+        assert transaction is not None
         self._message = self._transaction = None
-        committed = message.finish()
-        committed.addCallback(self._queued, message, transaction)
-        self._wait("DATA", committed)
+        queued = message.finish().addCallback(
+            self._queued, message, transaction
+        )
+        self._wait("DATA", queued)
 
-    def _queued(self, ignored, message, transaction: _Transaction) -> Reply:
+    def _queued(
+        self,
+        ignored: None,
+        message: IncomingMessage,
+        transaction: _Transaction,
+    ) -> Reply:
         maillog.queued(
             self.session,
             message.queueID,
@@ -799,10 +865,10 @@ class SubmissionFactory(Factory):
         self,
         name: str,
         settings: SessionSettings,
-        portal,
-        spool,
-        reactor,
-        contextFactory=None,
+        portal: Portal,
+        spool: ISpool,
+        reactor: IReactorTime,
+        contextFactory: IOpenSSLServerConnectionCreator | None = None,
         implicitTLS: bool = False,
         throttle: AuthThrottle | None = None,
     ) -> None:
@@ -819,7 +885,7 @@ class SubmissionFactory(Factory):
 
     noisy = False
 
-    def buildProtocol(self, addr) -> Protocol:
+    def buildProtocol(self, addr: IAddress | None) -> Protocol:
         """
         A session, or a refusal when there are too many (RFC 5321 section
         4.3.2 allows 421 at connection time).
@@ -867,6 +933,8 @@ class _Refusal(Protocol):
     """
 
     log = Logger()
+    # Set by makeConnection, before connectionMade.
+    transport: ITransport
 
     def __init__(self, reply: Reply, client: str) -> None:
         self.reply = reply
@@ -882,7 +950,9 @@ class _Refusal(Protocol):
         self.transport.loseConnection()
 
 
-def _splitPath(argument: str, keyword: str, pathReply: Reply):
+def _splitPath(
+    argument: str, keyword: str, pathReply: Reply
+) -> tuple[str, str]:
     """
     Split MAIL's or RCPT's argument: a missing C{FROM:<} or C{TO:<} is a
     syntax error of the command, anything after it one of the path.
@@ -909,10 +979,13 @@ def _parseParameters(text: str) -> dict[str, str | None]:
         raise Refused(replies.BAD_SYNTAX, str(error)) from None
 
 
-def _tlsDescription(transport) -> tuple[str | None, str | None]:
+def _tlsDescription(
+    transport: _ISessionTransport,
+) -> tuple[str | None, str | None]:
     if not ISSLTransport.providedBy(transport):
         return None, None
-    connection = transport.getHandle()
+    # Under TLS the handle is the pyOpenSSL connection.
+    connection = cast("SSL.Connection", transport.getHandle())
     try:
         version = connection.get_protocol_version_name()
         cipher = connection.get_cipher_name()
@@ -921,14 +994,14 @@ def _tlsDescription(transport) -> tuple[str | None, str | None]:
     return version, cipher
 
 
-def describeAddress(address) -> str:
+def describeAddress(address: IAddress) -> str:
     """
     @return: C{host:port} (C{[host]:port} for IPv6) for an IP address, or
         the address's own text for others (UNIX sockets).
     """
-    host = getattr(address, "host", None)
-    if host is None:
+    if not isinstance(address, IPv4Address | IPv6Address):
         return str(address)
+    host = address.host
     if ":" in host:
         return f"[{host}]:{address.port}"
     return f"{host}:{address.port}"

@@ -15,8 +15,7 @@ from dataclasses import dataclass
 
 from twisted.cred.portal import IRealm
 from twisted.internet.defer import Deferred, maybeDeferred
-from zope.interface import implementer
-from zope.interface.interface import InterfaceClass
+from zope.interface import Interface, implementer
 
 from msagate.address import Mailbox
 from msagate.interfaces import IAccount, ISenderSource
@@ -49,7 +48,8 @@ class Account:
         return self.permissions.permits(mailbox)
 
 
-_Avatar = tuple[InterfaceClass, Account, Callable[[], None]]
+# What IRealm.requestAvatar gives: (interface, avatar, logout).
+_Avatar = tuple[type[Interface], object, Callable[[], None]]
 
 
 @implementer(IRealm)
@@ -66,8 +66,13 @@ class SubmissionRealm:
         """
         self.senderSource = senderSource
 
-    def requestAvatar(
-        self, avatarId: bytes | str, mind: object, *interfaces: InterfaceClass
+    # IRealm types avatar IDs as bytes; msagate's checkers give str, which
+    # the portal passes through untouched.
+    def requestAvatar(  # type: ignore[override]
+        self,
+        avatarId: bytes | str,
+        mind: object,
+        *interfaces: type[Interface],
     ) -> Deferred[_Avatar]:
         """
         Build the account of a user whose credentials were checked.
@@ -89,7 +94,12 @@ class SubmissionRealm:
         if isinstance(avatarId, bytes):
             avatarId = avatarId.decode("utf-8")
 
-        found = maybeDeferred(self.senderSource.sendersFor, avatarId)
+        # maybeDeferred waits on a Deferred result, but its overloads
+        # cannot say so of a function that may return either.
+        found: Deferred[SenderPermissions]
+        found = maybeDeferred(  # type: ignore[call-overload]
+            self.senderSource.sendersFor, avatarId
+        )
         return found.addCallback(
             lambda permissions: (
                 IAccount,

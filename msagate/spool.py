@@ -22,8 +22,10 @@ import os
 import secrets
 import time
 from dataclasses import replace
+from typing import BinaryIO
 
 from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IReactorFromThreads
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.python.threadpool import ThreadPool
@@ -59,7 +61,9 @@ class Spool:
 
     log = Logger()
 
-    def __init__(self, path: str, pool: ThreadPool, reactor) -> None:
+    def __init__(
+        self, path: str, pool: ThreadPool, reactor: IReactorFromThreads
+    ) -> None:
         self.path = path
         self._pool = pool
         self._reactor = reactor
@@ -110,7 +114,7 @@ class Spool:
                 continue
             return SpoolWriter(self, queueID, os.fdopen(fd, "wb"), envelope)
 
-    def _commit(self, writer: SpoolWriter) -> Deferred:
+    def _commit(self, writer: SpoolWriter) -> Deferred[None]:
         return deferToThreadPool(
             self._reactor, self._pool, self._commitInThread, writer
         )
@@ -169,7 +173,7 @@ class SpoolWriter:
     """
 
     def __init__(
-        self, spool: Spool, queueID: str, file, envelope: Envelope
+        self, spool: Spool, queueID: str, file: BinaryIO, envelope: Envelope
     ) -> None:
         self.queueID = queueID
         self.envelope = envelope
@@ -186,7 +190,7 @@ class SpoolWriter:
         self._file.write(data)
         self.size += len(data)
 
-    def commit(self) -> Deferred:
+    def commit(self) -> Deferred[None]:
         """
         Make the message durable; see L{ISpoolWriter.commit}.
         """
@@ -200,7 +204,7 @@ class SpoolWriter:
         self._spool._abort(self)
 
 
-def _syncAndClose(file) -> None:
+def _syncAndClose(file: BinaryIO) -> None:
     try:
         file.flush()
         os.fsync(file.fileno())

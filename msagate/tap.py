@@ -12,13 +12,21 @@ from __future__ import annotations
 
 import os
 from dataclasses import replace
+from typing import TYPE_CHECKING, Any, cast
 
 from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import IService, MultiService, Service
 from twisted.cred.portal import Portal
 from twisted.internet.defer import Deferred, gatherResults, succeed
 from twisted.internet.endpoints import serverFromString
-from twisted.internet.interfaces import IStreamServerEndpoint
+from twisted.internet.interfaces import (
+    IAddress,
+    IListeningPort,
+    IProtocolFactory,
+    IReactorFromThreads,
+    IReactorTime,
+    IStreamServerEndpoint,
+)
 from twisted.logger import Logger
 from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python import usage
@@ -27,7 +35,7 @@ from zope.interface import implementer
 
 from msagate._watched import FileFormatError
 from msagate.checkers.htpasswd import HtpasswdChecker
-from msagate.config import Config, loadConfig
+from msagate.config import Config, Listener, loadConfig
 from msagate.errors import ConfigError
 from msagate.protocol import (
     SessionSettings,
@@ -41,6 +49,14 @@ from msagate.throttle import AuthThrottle
 from msagate.tls import TLSSetupError, serverOptions
 
 DEFAULT_CONFIG = "/etc/msagate/msagate.ini"
+
+if TYPE_CHECKING:
+
+    class _IReactor(IReactorTime, IReactorFromThreads):
+        """
+        What msagate needs of a reactor, for the type checker only: time
+        for sessions, and results handed back from its thread pools.
+        """
 
 
 class Options(usage.Options):
@@ -66,11 +82,14 @@ def makeService(options: Options) -> IService:
     """
     from twisted.internet import reactor
 
-    server = options.parent or {}
-    uid, gid = server.get("uid"), server.get("gid")
+    server: dict[str, Any] = options.parent or {}
+    uid: int | None = server.get("uid")
+    gid: int | None = server.get("gid")
     owner = None if uid is None else (uid, os.getgid() if gid is None else gid)
+    # The global reactor also runs threads, which its static type omits.
+    running = cast("_IReactor", reactor)
     try:
-        return buildService(loadConfig(options["config"]), reactor, owner)
+        return buildService(loadConfig(options["config"]), running, owner)
     except ConfigError as error:
         raise SystemExit(f"msagate: {error}") from None
 
@@ -98,7 +117,7 @@ def sessionSettings(config: Config) -> SessionSettings:
 
 
 def buildService(
-    config: Config, reactor, owner: tuple[int, int] | None = None
+    config: Config, reactor: _IReactor, owner: tuple[int, int] | None = None
 ) -> MultiService:
     """
     Assemble msagate from C{config}.
@@ -172,23 +191,24 @@ class SubmissionService(MultiService):
         self.factories: list[SubmissionFactory] = []
         self.endpoints: list[ListeningEndpoint] = []
 
-    def whenListening(self) -> Deferred:
+    def whenListening(self) -> Deferred[dict[str, IAddress]]:
         """
         @return: a L{Deferred} that fires, once every listener listens, with
             a dictionary of each listener's address by its name.
         """
         waiting = [endpoint.whenListening() for endpoint in self.endpoints]
         return gatherResults(waiting).addCallback(
-            lambda _: {
-                endpoint.name: endpoint.port.getHost()
-                for endpoint in self.endpoints
+            lambda ports: {
+                endpoint.name: port.getHost()
+                for endpoint, port in zip(self.endpoints, ports, strict=True)
             }
         )
 
-    def stopService(self):
+    def stopService(self) -> Deferred[list[tuple[bool, object]]]:
         for factory in self.factories:
             factory.shutDown()
-        return super().stopService()
+        stopped: Deferred[list[tuple[bool, object]]] = super().stopService()
+        return stopped
 
 
 @implementer(IStreamServerEndpoint)
@@ -205,12 +225,12 @@ class ListeningEndpoint:
 
     def __init__(self, name: str, endpoint: IStreamServerEndpoint) -> None:
         self.name = name
-        self.port = None
+        self.port: IListeningPort | None = None
         self._endpoint = endpoint
-        self._waiting: list[Deferred] = []
+        self._waiting: list[Deferred[IListeningPort]] = []
 
-    def listen(self, factory) -> Deferred:
-        def listening(port):
+    def listen(self, factory: IProtocolFactory) -> Deferred[IListeningPort]:
+        def listening(port: IListeningPort) -> IListeningPort:
             self.port = port
             address = port.getHost()
             self.log.info(
@@ -225,14 +245,14 @@ class ListeningEndpoint:
 
         return self._endpoint.listen(factory).addCallback(listening)
 
-    def whenListening(self) -> Deferred:
+    def whenListening(self) -> Deferred[IListeningPort]:
         """
         @return: a L{Deferred} that fires with the L{IListeningPort} once
             the endpoint listens.
         """
         if self.port is not None:
             return succeed(self.port)
-        waiter: Deferred = Deferred()
+        waiter: Deferred[IListeningPort] = Deferred()
         self._waiting.append(waiter)
         return waiter
 
@@ -255,7 +275,9 @@ class ThreadPoolService(Service):
         self.pool.stop()
 
 
-def _listenerSettings(settings: SessionSettings, listener) -> SessionSettings:
+def _listenerSettings(
+    settings: SessionSettings, listener: Listener
+) -> SessionSettings:
     # Behind a PROXY-protocol endpoint every connection comes from the
     # proxy until its header is read, so a per-client limit would count
     # the proxy.
@@ -270,13 +292,17 @@ def _poolService(name: str, size: int, parent: MultiService) -> ThreadPool:
     return pool
 
 
-def _checker(config: Config, pool: ThreadPool, reactor) -> HtpasswdChecker:
+def _checker(
+    config: Config, pool: ThreadPool, reactor: IReactorFromThreads
+) -> HtpasswdChecker:
     checker = HtpasswdChecker(config.htpasswd, pool, reactor)
     _loadNow(checker, config, "auth", "htpasswd")
     return checker
 
 
-def _senderSource(config: Config, pool: ThreadPool, reactor):
+def _senderSource(
+    config: Config, pool: ThreadPool, reactor: IReactorFromThreads
+) -> LoginSenderSource | SenderMapFile:
     if not config.senderMap:
         return LoginSenderSource(config.senderDefault, config.detailDelimiter)
     source = SenderMapFile(
@@ -290,7 +316,12 @@ def _senderSource(config: Config, pool: ThreadPool, reactor):
     return source
 
 
-def _loadNow(source, config: Config, section: str, option: str) -> None:
+def _loadNow(
+    source: HtpasswdChecker | SenderMapFile,
+    config: Config,
+    section: str,
+    option: str,
+) -> None:
     try:
         source.load()
     except OSError as error:
@@ -301,10 +332,15 @@ def _loadNow(source, config: Config, section: str, option: str) -> None:
         raise ConfigError(config.path, section, option, problem) from None
 
 
-def _endpoint(config: Config, listener, reactor):
+def _endpoint(
+    config: Config, listener: Listener, reactor: _IReactor
+) -> IStreamServerEndpoint:
     try:
-        return serverFromString(reactor, listener.endpoint)
+        endpoint: IStreamServerEndpoint = serverFromString(
+            reactor, listener.endpoint
+        )
     except Exception as error:
         section = "listener:" + listener.name
         problem = f"{listener.endpoint!r}: {error}"
         raise ConfigError(config.path, section, "endpoint", problem) from None
+    return endpoint

@@ -14,12 +14,23 @@ from __future__ import annotations
 
 import itertools
 import queue
+from collections.abc import Callable
+from typing import TYPE_CHECKING, TypeVar
 
-from twisted.cred.checkers import InMemoryUsernamePasswordDatabaseDontUse
+from twisted.cred.checkers import (
+    ICredentialsChecker,
+    InMemoryUsernamePasswordDatabaseDontUse,
+)
+from twisted.cred.credentials import IUsernamePassword
 from twisted.cred.portal import Portal
 from twisted.internet import defer
 from twisted.internet.address import IPv4Address
-from twisted.internet.interfaces import ISSLTransport
+from twisted.internet.interfaces import (
+    IAddress,
+    IOpenSSLServerConnectionCreator,
+    ISSLTransport,
+)
+from twisted.internet.protocol import Protocol
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.python.failure import Failure
@@ -30,6 +41,13 @@ from msagate.interfaces import ISenderSource, ISpool, ISpoolWriter
 from msagate.protocol import SessionSettings, SubmissionFactory
 from msagate.realm import SubmissionRealm
 from msagate.senders import SenderPermissions
+from msagate.throttle import AuthThrottle
+
+if TYPE_CHECKING:
+    from OpenSSL import SSL
+    from twisted.protocols.tls import TLSMemoryBIOProtocol
+
+_T = TypeVar("_T")
 
 
 @implementer(ISpool)
@@ -48,7 +66,7 @@ class MemorySpool:
         self.messages: list[tuple[str, Envelope, bytes]] = []
         self.aborted: list[str] = []
         self.failCommit = False
-        self.pending: list[defer.Deferred] | None = None
+        self.pending: list[defer.Deferred[None]] | None = None
         self._ids = itertools.count(1)
 
     def begin(self, envelope: Envelope) -> MemorySpoolWriter:
@@ -61,7 +79,9 @@ class MemorySpoolWriter:
     One message on its way into a L{MemorySpool}.
     """
 
-    def __init__(self, spool: MemorySpool, queueID: str, envelope) -> None:
+    def __init__(
+        self, spool: MemorySpool, queueID: str, envelope: Envelope
+    ) -> None:
         self.queueID = queueID
         self.envelope = envelope
         self.data = bytearray()
@@ -72,14 +92,14 @@ class MemorySpoolWriter:
         self.data += data
         self.size += len(data)
 
-    def commit(self) -> defer.Deferred:
+    def commit(self) -> defer.Deferred[None]:
         if self._spool.failCommit:
             return defer.fail(OSError(28, "No space left on device"))
         record = (self.queueID, self.envelope, bytes(self.data))
         if self._spool.pending is None:
             self._spool.messages.append(record)
             return defer.succeed(None)
-        waiting: defer.Deferred = defer.Deferred()
+        waiting: defer.Deferred[None] = defer.Deferred()
         waiting.addCallback(lambda _: self._spool.messages.append(record))
         self._spool.pending.append(waiting)
         return waiting
@@ -109,17 +129,17 @@ class FakeTLSTransport(StringTransport):
     @ivar tlsStarted: whether C{startTLS} was called.
     """
 
-    def __init__(self, peer=None) -> None:
+    def __init__(self, peer: IAddress | None = None) -> None:
         super().__init__(
             peerAddress=peer or IPv4Address("TCP", "192.0.2.7", 50000)
         )
         self.tlsStarted = False
 
-    def startTLS(self, contextFactory) -> None:
+    def startTLS(self, contextFactory: object) -> None:
         self.tlsStarted = True
         alsoProvides(self, ISSLTransport)
 
-    def getHandle(self):
+    def getHandle(self) -> _FakeTLSConnection:
         return _FakeTLSConnection()
 
 
@@ -144,29 +164,49 @@ def memoryPortal(
     return Portal(realm, [_DecodingChecker(checker)])
 
 
+@implementer(ICredentialsChecker)
 class _DecodingChecker:
     """
     Returns str avatar IDs, as msagate's own checkers do.
     """
 
-    def __init__(self, checker) -> None:
+    def __init__(
+        self, checker: InMemoryUsernamePasswordDatabaseDontUse
+    ) -> None:
         self.checker = checker
         self.credentialInterfaces = checker.credentialInterfaces
 
-    def requestAvatarId(self, credentials):
+    # ICredentialsChecker types avatar IDs as bytes; msagate's are str,
+    # which the portal hands to the realm untouched.
+    def requestAvatarId(  # type: ignore[override]
+        self, credentials: IUsernamePassword
+    ) -> defer.Deferred[str]:
         result = defer.maybeDeferred(self.checker.requestAvatarId, credentials)
         return result.addCallback(lambda name: name.decode())
 
 
+@implementer(IOpenSSLServerConnectionCreator)
+class _FakeTLSSettings:
+    """
+    Stands for a listener's TLS settings, which a L{FakeTLSTransport}
+    never uses.
+    """
+
+    def serverConnectionForTLS(
+        self, tlsProtocol: TLSMemoryBIOProtocol
+    ) -> SSL.Connection:
+        raise NotImplementedError("a FakeTLSTransport makes no connection")
+
+
 def connectedSession(
     portal: Portal,
-    spool=None,
+    spool: ISpool | None = None,
     settings: SessionSettings | None = None,
     clock: Clock | None = None,
     implicitTLS: bool = False,
     startTLS: bool = True,
-    throttle=None,
-):
+    throttle: AuthThrottle | None = None,
+) -> tuple[Protocol, FakeTLSTransport, Clock]:
     """
     Connect a L{SubmissionProtocol} to a L{FakeTLSTransport}.
 
@@ -180,7 +220,7 @@ def connectedSession(
         portal,
         spool if spool is not None else MemorySpool(),
         clock,
-        contextFactory=object() if startTLS else None,
+        contextFactory=_FakeTLSSettings() if startTLS else None,
         implicitTLS=implicitTLS,
         throttle=throttle,
     )
@@ -192,6 +232,10 @@ def connectedSession(
     return protocol, transport, clock
 
 
+# A call a pool thread hands back: the function and its arguments.
+_Call = tuple[Callable[..., object], tuple[object, ...], dict[str, object]]
+
+
 class ThreadResults:
     """
     The part of a reactor that L{deferToThreadPool} uses, for tests that run
@@ -201,9 +245,11 @@ class ThreadResults:
     """
 
     def __init__(self) -> None:
-        self.calls: queue.Queue = queue.Queue()
+        self.calls: queue.Queue[_Call] = queue.Queue()
 
-    def callFromThread(self, f, *args, **kwargs) -> None:
+    def callFromThread(
+        self, f: Callable[..., object], *args: object, **kwargs: object
+    ) -> None:
         """
         Queue C{f(*args, **kwargs)} for the test's thread.
         """
@@ -218,19 +264,23 @@ class ThreadResults:
         f, args, kwargs = self.calls.get(timeout=timeout)
         f(*args, **kwargs)
 
-    def outcomeOf(self, deferred: defer.Deferred, timeout: float = 10):
+    def outcomeOf(
+        self, deferred: defer.Deferred[_T], timeout: float = 10
+    ) -> _T | Failure:
         """
         Run handed-back calls until C{deferred} fires.
 
         @return: its result, or its L{Failure}.
         """
-        outcome: list = []
+        outcome: list[_T | Failure] = []
         deferred.addBoth(outcome.append)
         while not outcome:
             self.runOne(timeout)
         return outcome[0]
 
-    def resultOf(self, deferred: defer.Deferred, timeout: float = 10):
+    def resultOf(
+        self, deferred: defer.Deferred[_T], timeout: float = 10
+    ) -> _T:
         """
         Like L{outcomeOf}, but raise the exception of a failure.
         """

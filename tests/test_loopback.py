@@ -6,6 +6,7 @@ by smtplib and by raw sockets where smtplib is too polite.
 from __future__ import annotations
 
 import base64
+import re
 import smtplib
 import socket
 import ssl
@@ -114,7 +115,7 @@ class TestSubmission:
         """
         A message submitted over STARTTLS or implicit TLS with AUTH lands
         in the spool with its Received field (SUB-1, SUB-2, SUB-3, AUTH-2,
-        HDR-1..4, SMTP-35).
+        HDR-1..4, TLS-15, SMTP-35).
         """
         client = connect(server)
         client.login("alice", USERS["alice"].decode())
@@ -212,6 +213,19 @@ class TestTLS:
         )
         assert raw.command(b"EHLO again.example").startswith(b"250-")
         assert raw.command(b"NOOP") == b"250 2.0.0 OK"
+
+    def test_tlsLogged(self, server, logged):
+        """
+        The log names each session's TLS version and cipher (TLS-14).
+        """
+        client = implicit(server)
+        client.quit()
+        texts = [
+            event["log_format"].format(**event)
+            for event in logged
+            if event.get("log_namespace") == "msagate.mail"
+        ]
+        assert any(re.search(r": TLS TLSv1\.[23] with \S+", t) for t in texts)
 
     def test_noEhloAfterStarttls(self, server):
         """

@@ -100,7 +100,8 @@ class TestGreeting:
 
     def test_ehloBeforeTLS(self):
         """
-        Before TLS, EHLO offers STARTTLS and no AUTH (AUTH-1, TLS-1).
+        Before TLS, EHLO offers STARTTLS and no AUTH (AUTH-1, TLS-1), and
+        every extension msagate serves (SMTP-33).
         """
         lines = Session().send(b"EHLO client.example\r\n")
         assert lines[0] == b"250-msa.example.org greets client.example"
@@ -125,7 +126,8 @@ class TestGreeting:
 
     def test_helo(self):
         """
-        HELO gets a single-line 250 without extensions (SMTP-13).
+        HELO gets a single-line 250 without extensions (SMTP-13), whatever
+        name the client gives (SMTP-16).
         """
         lines = Session().send(b"HELO client.example\r\n")
         assert lines == [b"250 msa.example.org greets client.example"]
@@ -179,7 +181,8 @@ class TestBeforeTLS:
     )
     def test_served(self, command, code):
         """
-        NOOP, RSET and HELP work before EHLO and TLS (SMTP-34, SMTP-21).
+        NOOP, RSET and HELP work before EHLO and TLS and are answered at
+        once (SMTP-34, SMTP-21, EXT-4).
         """
         assert Session().codes(command + b"\r\n") == [code]
 
@@ -494,6 +497,26 @@ class TestPipelining:
         assert session.spool.messages == []
 
 
+class TestBeforeAuth:
+    @pytest.mark.parametrize(
+        "command",
+        [
+            b"MAIL FROM:<alice@example.org>",
+            b"RCPT TO:<b@example.net>",
+            b"DATA",
+            b"VRFY alice",
+        ],
+    )
+    def test_refused(self, command):
+        """
+        Under TLS but before AUTH, mail commands and VRFY get 530 5.7.0
+        (SUB-4, SUB-5, SUB-6).
+        """
+        session = Session(implicitTLS=True)
+        session.send(b"EHLO c.example\r\n")
+        assert session.codes(command + b"\r\n") == [b"530 5.7.0"]
+
+
 class TestTransaction:
     def session(self) -> Session:
         session = Session()
@@ -572,10 +595,39 @@ class TestTransaction:
         session.send(b"MAIL FROM:<alice@example.org>\r\n")
         assert session.codes(line + b"\r\n") == [code]
 
+    def test_minimumCommandSet(self):
+        """
+        None of the commands RFC 5321 requires gets 500 (SMTP-31).
+        """
+        session = self.session()
+        for verb in (
+            b"EHLO c.example",
+            b"HELO c.example",
+            b"MAIL FROM:<>",
+            b"RCPT TO:<b@example.net>",
+            b"RSET",
+            b"NOOP",
+            b"VRFY x",
+            b"DATA",
+        ):
+            assert not session.send(verb + b"\r\n")[-1].startswith(b"500")
+
+    def test_longCommandLine(self):
+        """
+        A MAIL line of 511 octets with parameters is not too long (SMTP-4).
+        """
+        session = self.session()
+        path = b"a" * 64 + b"@" + b".".join([b"d" * 60] * 3) + b".org"
+        line = b"MAIL FROM:<" + path + b"> BODY=8BITMIME AUTH="
+        line += b"x" * (509 - len(line))
+        assert len(line) + 2 == 511
+        assert session.codes(line + b"\r\n") == [b"553 5.7.1"]
+
     def test_sequence(self):
         """
-        RCPT before MAIL, DATA before RCPT and a second MAIL get 503 or
-        554 (SMTP-18, SMTP-19, SMTP-20).
+        RCPT before MAIL, DATA before RCPT, a second MAIL and AUTH in a
+        transaction get 503 or 554 (SMTP-18, SMTP-19, SMTP-20, EXT-6,
+        AUTH-6, AUTH-7).
         """
         session = self.session()
         assert session.codes(b"RCPT TO:<b@example.net>\r\n") == [b"503 5.5.1"]
@@ -619,13 +671,16 @@ class TestTransaction:
             (b"DATA x", b"501 5.5.4"),
             (b"RSET x", b"501 5.5.4"),
             (b"QUIT x", b"501 5.5.4"),
+            (b"XCLIENT ADDR=10.0.0.1", b"500 5.5.2"),
+            (b"XFORWARD NAME=x", b"500 5.5.2"),
         ],
     )
     def test_otherCommands(self, line, code):
         """
         VRFY never enumerates users (SMTP-30, SEC-8); unimplemented and
-        unknown commands get 502 and 500 (SMTP-24, EXT-18); DATA, RSET and
-        QUIT take no parameters (SMTP-23).
+        unknown commands get 502 and 500 (SMTP-24, EXT-18), XCLIENT and
+        XFORWARD included (SEC-10); DATA, RSET and QUIT take no parameters
+        (SMTP-23).
         """
         assert self.session().codes(line + b"\r\n") == [code]
 
@@ -773,6 +828,27 @@ class TestData:
         session = Session()
         message = MESSAGE.replace(b"From: alice@example.org\r\n", b"")
         assert submitted(session, message)[-1] == b"554 5.6.0"
+
+    def test_eightBitWithoutBody(self):
+        """
+        8-bit data without BODY=8BITMIME is accepted and kept intact
+        (EXT-10).
+        """
+        session = Session()
+        body = MESSAGE + "Gr\u00fc\u00dfe\r\n".encode()
+        assert submitted(session, body)[-1] == b"250 2.0.0"
+        assert session.spool.messages[0][2].endswith(
+            b"Gr\xc3\xbc\xc3\x9fe\r\n"
+        )
+
+    def test_64KiBMessage(self):
+        """
+        A 64 KiB message is accepted (SMTP-10).
+        """
+        session = Session()
+        big = MESSAGE + (b"y" * 78 + b"\r\n") * 830
+        assert len(big) > 65536
+        assert submitted(session, big)[-1] == b"250 2.0.0"
 
     def test_dotUnstuffing(self):
         """

@@ -220,9 +220,12 @@ def _verify(entry: HtpasswdEntry, password: bytes) -> bool:
 
     # libpass refuses passwords over 4096 bytes with a ValueError.
     try:
-        return _CONTEXT.handler(entry.scheme).verify(password, entry.hash)
+        verified: bool = _CONTEXT.handler(entry.scheme).verify(
+            password, entry.hash
+        )
     except ValueError:
         return False
+    return verified
 
 
 def _decodeUserName(username: bytes) -> str | None:
@@ -283,7 +286,11 @@ class HtpasswdChecker:
         """
         self._file.load()
 
-    def requestAvatarId(self, credentials: IUsernamePassword) -> Deferred[str]:
+    # ICredentialsChecker types avatar IDs as bytes; msagate's are str,
+    # which the portal hands to the realm untouched.
+    def requestAvatarId(  # type: ignore[override]
+        self, credentials: IUsernamePassword
+    ) -> Deferred[str]:
         """
         Check a user name and password.
 
