@@ -96,7 +96,9 @@ class ISpool(Interface):
 
         @param envelope: the L{msagate.envelope.Envelope} of the message.
         @return: an L{ISpoolWriter} for its data.
-        @raise OSError: when the spool cannot take the message now.
+        @raise OSError: when the spool cannot take the message now; a spool
+            may also report that later, from the writer's C{write} or
+            C{commit}.
         """
 
 

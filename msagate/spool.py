@@ -28,6 +28,7 @@ from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorFromThreads
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
 from zope.interface import implementer
 
@@ -53,8 +54,10 @@ class Spool:
     """
     A spool directory on the local file system.
 
-    Data is written on the reactor thread (it goes to the page cache); the
-    fsyncs and renames of a commit run in C{pool}.
+    Data is written on the reactor thread (it goes to the page cache).
+    Creating a message's file and the fsyncs and renames of a commit run in
+    C{pool}: they wait for the file system's journal, which other commits
+    keep busy.
 
     @ivar path: the spool directory.
     """
@@ -100,19 +103,15 @@ class Spool:
 
     def begin(self, envelope: Envelope) -> SpoolWriter:
         """
-        Start storing one message.
-
-        @raise OSError: when its file cannot be created.
+        Start storing one message; its file is created in the pool, and
+        what is written before it exists waits in memory.
         """
-        incoming = os.path.join(self.path, INCOMING)
-        while True:
-            queueID = newQueueID()
-            path = os.path.join(incoming, queueID + DATA_SUFFIX)
-            try:
-                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            except FileExistsError:
-                continue
-            return SpoolWriter(self, queueID, os.fdopen(fd, "wb"), envelope)
+        queueID = newQueueID()
+        path = os.path.join(self.path, INCOMING, queueID + DATA_SUFFIX)
+        opening = deferToThreadPool(
+            self._reactor, self._pool, _createExclusive, path
+        )
+        return SpoolWriter(self, queueID, opening, envelope)
 
     def _commit(self, writer: SpoolWriter) -> Deferred[None]:
         return deferToThreadPool(
@@ -122,6 +121,7 @@ class Spool:
     def _commitInThread(self, writer: SpoolWriter) -> None:
         incoming = os.path.join(self.path, INCOMING, writer.queueID)
         queued = os.path.join(self.path, QUEUE, writer.queueID)
+        assert writer._file is not None
         try:
             _syncAndClose(writer._file)
             _writeDurably(incoming + ENVELOPE_SUFFIX, writer.envelope.toJSON())
@@ -135,6 +135,10 @@ class Spool:
             raise
 
     def _abort(self, writer: SpoolWriter) -> None:
+        # Without a file, nothing on disk is the writer's: a file by its
+        # name belongs to another message.
+        if writer._file is None:
+            return
         writer._file.close()
         self._discard(
             os.path.join(self.path, INCOMING, writer.queueID + DATA_SUFFIX)
@@ -173,21 +177,36 @@ class SpoolWriter:
     """
 
     def __init__(
-        self, spool: Spool, queueID: str, file: BinaryIO, envelope: Envelope
+        self,
+        spool: Spool,
+        queueID: str,
+        opening: Deferred[BinaryIO],
+        envelope: Envelope,
     ) -> None:
         self.queueID = queueID
         self.envelope = envelope
         self.size = 0
         self._spool = spool
-        self._file = file
+        self._file: BinaryIO | None = None
+        self._early = bytearray()
+        self._problem: OSError | None = None
+        self._aborted = False
+        self._opened: Deferred[None] = opening.addCallbacks(
+            self._fileCreated, self._fileNotCreated
+        )
 
     def write(self, data: bytes) -> None:
         """
         Append C{data} to the message.
 
-        @raise OSError: when it cannot be written.
+        @raise OSError: when the message cannot be written.
         """
-        self._file.write(data)
+        if self._problem is not None:
+            raise self._problem
+        if self._file is None:
+            self._early += data
+        else:
+            self._file.write(data)
         self.size += len(data)
 
     def commit(self) -> Deferred[None]:
@@ -195,13 +214,42 @@ class SpoolWriter:
         Make the message durable; see L{ISpoolWriter.commit}.
         """
         self.envelope = replace(self.envelope, size=self.size)
-        return self._spool._commit(self)
+        return self._opened.addCallback(lambda _: self._commitCreated())
 
     def abort(self) -> None:
         """
-        Throw the message away.
+        Throw the message away, now or once its file exists.
         """
-        self._spool._abort(self)
+        self._aborted = True
+        if self._file is not None:
+            self._spool._abort(self)
+
+    def _fileCreated(self, file: BinaryIO) -> None:
+        self._file = file
+        if self._aborted:
+            self._spool._abort(self)
+            return
+        try:
+            file.write(self._early)
+        except OSError as error:
+            self._problem = error
+        self._early = bytearray()
+
+    def _fileNotCreated(self, failure: Failure) -> None:
+        failure.trap(OSError)
+        assert isinstance(failure.value, OSError)
+        self._problem = failure.value
+
+    def _commitCreated(self) -> Deferred[None]:
+        if self._problem is not None:
+            self._spool._abort(self)
+            raise self._problem
+        return self._spool._commit(self)
+
+
+def _createExclusive(path: str) -> BinaryIO:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    return os.fdopen(fd, "wb")
 
 
 def _syncAndClose(file: BinaryIO) -> None:

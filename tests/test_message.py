@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
+from msagate import message
 from msagate.address import Mailbox
 from msagate.interfaces import IAccount
 from msagate.message import (
@@ -929,3 +930,48 @@ def test_messageIDRefusesBadHost() -> None:
     """
     with pytest.raises(ValueError):
         makeMessageID("msa.example.org>\r\nX-Evil: 1", NOW)
+
+
+_ATOMS = st.text(
+    alphabet="abcdefghijklmnopqrstuvwxyzABCXYZ0123456789!#$%&'*+/=?^_`{|}~-",
+    min_size=1,
+    max_size=8,
+)
+_PLAIN_MAILBOXES = st.builds(
+    lambda local, labels: f"{local}@{'.'.join(labels)}",
+    st.lists(_ATOMS, min_size=1, max_size=3).map(".".join),
+    st.lists(
+        st.text(alphabet="abcdefxyz0123", min_size=1, max_size=6),
+        min_size=2,
+        max_size=3,
+    ),
+)
+_PLAIN_ITEMS = st.one_of(
+    _PLAIN_MAILBOXES,
+    st.builds(
+        lambda name, address: f"{name} <{address}>",
+        st.lists(_ATOMS, min_size=1, max_size=3).map(" ".join),
+        _PLAIN_MAILBOXES,
+    ),
+    st.builds(
+        lambda name, address: f'"{name}" <{address}>',
+        st.text(alphabet="abc XYZ.,;:@<>()[]", max_size=10),
+        _PLAIN_MAILBOXES,
+    ),
+)
+
+
+@given(
+    st.lists(_PLAIN_ITEMS, min_size=1, max_size=4),
+    st.sampled_from([", ", ",", " ,\t"]),
+)
+def test_plainFormsReadLikeTheFullParser(items, separator):
+    """
+    The quick reading of plain address lists finds exactly the mailboxes
+    the standard library's parser finds (SUB-13, SEC-6).
+    """
+    value = separator.join(items)
+    quick = message._plainAddresses(value)
+    assert quick is not None
+    full = message._ADDRESS_PARSER("To", value)
+    assert quick == [address.addr_spec for address in full.addresses]

@@ -256,12 +256,14 @@ def test_commitStoresDataAndEnvelope(spool: Spool, reactor) -> None:
     assert writer.envelope == envelope
 
 
-def test_dataIsInIncomingUntilCommit(spool: Spool) -> None:
+def test_dataIsInIncomingUntilCommit(spool: Spool, reactor) -> None:
     """
-    A message being written lives in incoming/ and is not queued.
+    A message being written lives in incoming/, created by the pool, and
+    is not queued.
     """
     writer = spool.begin(ENVELOPE)
     writer.write(b"x")
+    reactor.runOne()
     assert listing(spool, "incoming") == [writer.queueID + ".eml"]
     assert listing(spool, "queue") == []
     assert spool.queued() == []
@@ -274,6 +276,7 @@ def test_filesArePrivate(spool: Spool, reactor) -> None:
     0600), while incoming and once queued.
     """
     writer = spool.begin(ENVELOPE)
+    reactor.runOne()
     path = Path(spool.path) / "incoming" / (writer.queueID + ".eml")
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
     writer.write(b"x")
@@ -283,32 +286,42 @@ def test_filesArePrivate(spool: Spool, reactor) -> None:
         assert stat.S_IMODE(path.stat().st_mode) == 0o600
 
 
-def test_abortRemovesTheMessage(spool: Spool) -> None:
+def test_abortRemovesTheMessage(spool: Spool, reactor) -> None:
     """
-    abort leaves nothing of the message in the spool.
+    abort leaves nothing of the message in the spool, whether its file
+    was created before or after the abort.
     """
-    writer = spool.begin(ENVELOPE)
-    writer.write(b"unwanted")
-    writer.abort()
+    early = spool.begin(ENVELOPE)
+    early.write(b"unwanted")
+    early.abort()
+    reactor.runOne()
+
+    late = spool.begin(ENVELOPE)
+    reactor.runOne()
+    late.write(b"unwanted")
+    late.abort()
     assert listing(spool, "incoming") == []
     assert listing(spool, "queue") == []
 
 
-def test_beginSkipsAnIDInUse(spool: Spool, monkeypatch) -> None:
+def test_queueIDInUse(spool: Spool, reactor, monkeypatch) -> None:
     """
-    begin never reuses the file of a message already in incoming/.
+    A queue ID that is already in use fails the new message and leaves
+    the other one alone.
     """
-    ids = iter(["0000000000001AAAAA"] * 2 + ["0000000000002BBBBB"])
-    monkeypatch.setattr(msagate.spool, "newQueueID", lambda: next(ids))
+    monkeypatch.setattr(msagate.spool, "newQueueID", lambda: "00000000AAAAA")
     first = spool.begin(ENVELOPE)
     first.write(b"first")
+    reactor.runOne()
     second = spool.begin(ENVELOPE)
-    assert (first.queueID, second.queueID) == (
-        "0000000000001AAAAA",
-        "0000000000002BBBBB",
-    )
-    first.abort()
-    second.abort()
+    second.write(b"second")
+    failure = reactor.outcomeOf(second.commit())
+    assert isinstance(failure, Failure) and failure.check(FileExistsError)
+
+    reactor.outcomeOf(first.commit())
+    assert spool.queued() == ["00000000AAAAA"]
+    data = (Path(spool.path) / "queue" / "00000000AAAAA.eml").read_bytes()
+    assert data == b"first"
 
 
 def test_queuedOldestFirst(spool: Spool, reactor, monkeypatch) -> None:
@@ -404,13 +417,16 @@ def test_failedCommitKeepsOthers(spool: Spool, reactor, monkeypatch) -> None:
 
 def test_commitRunsInThePool(spool: Spool, reactor) -> None:
     """
-    The commit's work is done in the pool: the Deferred fires only once
-    the reactor runs the call the pool thread handed back.
+    The file's creation and the commit's work are done in the pool: the
+    Deferred fires only once the reactor runs both calls the pool thread
+    handed back.
     """
     writer = spool.begin(ENVELOPE)
     writer.write(b"x")
-    deferred = writer.commit()
-    assert not deferred.called
+    outcome: list[object] = []
+    writer.commit().addBoth(outcome.append)
     reactor.runOne()
-    assert deferred.called
+    assert outcome == []
+    reactor.runOne()
+    assert outcome == [None]
     assert spool.queued() == [writer.queueID]
