@@ -102,6 +102,8 @@ if TYPE_CHECKING:
 MAX_COMMAND_LINE = 2048
 # RFC 4954 section 4: an AUTH line must hold any offered mechanism's data.
 MAX_AUTH_LINE = 12288
+# Seconds a closing connection may take to send its last replies.
+CLOSE_GRACE = 30
 # Input held while a command is pending, before reading from the socket
 # pauses.
 MAX_PENDING_INPUT = 65536
@@ -233,6 +235,7 @@ class SubmissionProtocol(Protocol, TimeoutMixin):
         self._busy = False
         self._closed = False
         self._connectLogged = False
+        self._abortCall: IDelayedCall | None = None
         self._overlongLine = False
         self._tls = factory.implicitTLS
         self._hello: str | None = None
@@ -281,6 +284,8 @@ class SubmissionProtocol(Protocol, TimeoutMixin):
     def connectionLost(self, reason: Failure | None = None) -> None:
         self._logConnect()
         self._closed = True
+        if self._abortCall is not None and self._abortCall.active():
+            self._abortCall.cancel()
         self.setTimeout(None)
         self.factory.sessionEnded(self)
         if self._message is not None:
@@ -297,7 +302,7 @@ class SubmissionProtocol(Protocol, TimeoutMixin):
     def timeoutConnection(self) -> None:
         # RFC 5321 section 4.5.3.2.7: at least 5 minutes, then 421.
         self._reply(replies.IDLE_TIMEOUT)
-        self.transport.loseConnection()
+        self._hangUp()
 
     def shutDown(self) -> None:
         """
@@ -305,7 +310,21 @@ class SubmissionProtocol(Protocol, TimeoutMixin):
         """
         if not self._closed:
             self._reply(replies.SHUTTING_DOWN)
+            self._hangUp()
+
+    def _hangUp(self) -> None:
+        """
+        Close the connection once the replies written so far are sent, and
+        handle no more input.  A client that does not read them, or never
+        finishes its TLS handshake, would keep the connection open: it is
+        cut off after L{CLOSE_GRACE} seconds.
+        """
+        if self._abortCall is None:
+            self._closed = True
             self.transport.loseConnection()
+            self._abortCall = self.callLater(
+                CLOSE_GRACE, self.transport.abortConnection
+            )
 
     def dataReceived(self, data: bytes) -> None:
         self._logConnect()
@@ -360,8 +379,7 @@ class SubmissionProtocol(Protocol, TimeoutMixin):
             else:
                 self._command(line)
         except _Close:
-            self.transport.loseConnection()
-            self._closed = True
+            self._hangUp()
 
     def _command(self, line: bytes) -> None:
         verb, _, argument = line.partition(b" ")
@@ -444,8 +462,7 @@ class SubmissionProtocol(Protocol, TimeoutMixin):
             if isinstance(failure.value, Refused):
                 self._refuse(verb, failure.value)
             elif failure.check(_Close):
-                self.transport.loseConnection()
-                self._closed = True
+                self._hangUp()
             else:
                 self.log.failure(
                     "{session}: {verb} failed",
@@ -487,8 +504,7 @@ class SubmissionProtocol(Protocol, TimeoutMixin):
         self._errors += 1
         if self._errors >= self.settings.errors:
             self.transport.write(replies.TOO_MANY_ERRORS.format())
-            self.transport.loseConnection()
-            self._closed = True
+            self._hangUp()
 
     # Greetings and session commands.
 

@@ -951,6 +951,29 @@ class TestLimits:
         ]
         assert session.transport.disconnecting
 
+    def test_unreadRepliesAbort(self):
+        """
+        A client that does not take the final reply (or never completes its
+        TLS handshake) is cut off 30 seconds after the close began.
+        """
+        session = Session()
+        session.clock.advance(300)
+        assert session.transport.disconnecting
+        session.clock.advance(29)
+        assert not session.transport.disconnected
+        session.clock.advance(1)
+        assert session.transport.disconnected
+
+    def test_closedSessionLeavesNoTimer(self):
+        """
+        Once the connection is gone, nothing of the session stays
+        scheduled.
+        """
+        session = Session()
+        session.send(b"QUIT\r\n")
+        session.protocol.connectionLost(None)
+        assert session.clock.getDelayedCalls() == []
+
     def test_inputResetsTimeout(self):
         """
         Each input restarts the idle timer.
