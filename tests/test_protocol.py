@@ -708,7 +708,8 @@ class TestData:
     def test_accepted(self):
         """
         An accepted message is acknowledged with its queue ID once the
-        spool has committed it (SMTP-35).
+        spool has committed it (SMTP-35), with a Received field saying
+        ESMTPSA and the TLS cipher (HDR-1, HDR-3, HDR-4).
         """
         session = Session()
         codes = submitted(session)
