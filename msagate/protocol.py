@@ -235,6 +235,8 @@ class SubmissionProtocol(Protocol, TimeoutMixin):
         self._busy = False
         self._closed = False
         self._connectLogged = False
+        self._paused = False
+        self._tlsParameters: tuple[str | None, str | None] | None = None
         self._abortCall: IDelayedCall | None = None
         self._overlongLine = False
         self._tls = factory.implicitTLS
@@ -332,6 +334,7 @@ class SubmissionProtocol(Protocol, TimeoutMixin):
         self._buffer += data
         self._process()
         if self._busy and len(self._buffer) > MAX_PENDING_INPUT:
+            self._paused = True
             self.transport.pauseProducing()
 
     # The input loop.
@@ -476,7 +479,9 @@ class SubmissionProtocol(Protocol, TimeoutMixin):
             self._busy = False
             if self._closed:
                 return
-            self.transport.resumeProducing()
+            if self._paused:
+                self._paused = False
+                self.transport.resumeProducing()
             self._process()
 
         pending.addCallbacks(replied, refused)
@@ -576,6 +581,7 @@ class SubmissionProtocol(Protocol, TimeoutMixin):
         self._buffer = b""
         self.transport.startTLS(self.factory.contextFactory)
         self._tls = True
+        self._tlsParameters = None
         self._hello, self._esmtp, self._transaction = None, False, None
         return None
 
@@ -818,7 +824,10 @@ class SubmissionProtocol(Protocol, TimeoutMixin):
         return getattr(address, "host", None) or str(address)
 
     def _trace(self, queueID: str, transaction: _Transaction) -> TraceInfo:
-        version, cipher = _tlsDescription(self.transport)
+        # TLS parameters do not change within a session: ask once.
+        if self._tlsParameters is None:
+            self._tlsParameters = _tlsDescription(self.transport)
+        version, cipher = self._tlsParameters
         client: str | None = getattr(self.transport.getPeer(), "host", None)
         if not self.settings.receivedClientAddress:
             client = None
