@@ -36,6 +36,22 @@ _SETTING = re.compile(
 _EXAMPLE = re.compile(r"# .*Example: (?P<name>[a-z_]+) = (?P<value>\S+)\Z")
 
 
+def _linesBySection(path: Path) -> list[tuple[str, str]]:
+    """
+    @return: (section, line) for each line of a sample configuration
+        that is not a section header.
+    """
+    found = []
+    section = ""
+    for line in path.read_text(encoding="utf-8").splitlines():
+        header = _SECTION.match(line)
+        if header:
+            section = header.group("name")
+        else:
+            found.append((section, line))
+    return found
+
+
 def _settings(path: Path) -> list[tuple[str, str, str, bool]]:
     """
     Read the option lines of a sample configuration, set or commented out.
@@ -44,13 +60,7 @@ def _settings(path: Path) -> list[tuple[str, str, str, bool]]:
         an option or shows one as C{# option = value}.
     """
     found = []
-    section = ""
-    for line in path.read_text(encoding="utf-8").splitlines():
-        header = _SECTION.match(line)
-        if header:
-            section = header.group("name")
-            continue
-
+    for section, line in _linesBySection(path):
         setting = _SETTING.match(line)
         if setting:
             value = setting.group("value") or ""
@@ -65,11 +75,7 @@ def _examples(path: Path) -> list[tuple[str, str, str]]:
         of a sample configuration.
     """
     found = []
-    section = ""
-    for line in path.read_text(encoding="utf-8").splitlines():
-        header = _SECTION.match(line)
-        if header:
-            section = header.group("name")
+    for section, line in _linesBySection(path):
         example = _EXAMPLE.match(line)
         if example:
             found.append((section, example.group("name"), example["value"]))
