@@ -104,6 +104,17 @@ def isHelloArgument(text: str) -> bool:
     return isDomain(text) or isAddressLiteral(text)
 
 
+def defaultPostmaster(hostname: str) -> str:
+    """
+    @return: the postmaster address of the domain a server named
+        C{hostname} serves: msa.example.org serves example.org, and
+        example.org serves itself.
+    """
+    labels = hostname.split(".")
+    domain = ".".join(labels[1:] if len(labels) > 2 else labels)
+    return "postmaster@" + domain
+
+
 def parseMailbox(text: str) -> Mailbox:
     """
     Parse C{local-part@domain}.

@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, NoReturn, TypeVar
 
-from msagate.address import isDomain, parseMailbox
+from msagate.address import defaultPostmaster, isDomain, parseMailbox
 from msagate.errors import ConfigError
 from msagate.senders import checkDelimiter
 
@@ -284,10 +284,7 @@ class _Reader:
 
     def postmaster(self, text: str, hostname: str) -> str:
         if not text:
-            # msa.example.org serves example.org; example.org serves itself.
-            labels = hostname.split(".")
-            domain = ".".join(labels[1:] if len(labels) > 2 else labels)
-            return "postmaster@" + domain
+            return defaultPostmaster(hostname)
         try:
             mailbox = parseMailbox(text)
         except ValueError as error:

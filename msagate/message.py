@@ -263,14 +263,20 @@ def _parseAddressList(name: str, value: str) -> list[Mailbox]:
     @raise MessageError: when the value or one of its addresses is
         malformed.
     """
-    plain = _plainAddresses(value)
-    if plain is not None:
-        try:
-            return [parseMailbox(address) for address in plain]
-        except AddressError as error:
-            problem = f"bad address in {name} field: {error}"
-            raise MessageError(problem) from None
+    addresses = _plainAddresses(value)
+    if addresses is None:
+        addresses = _fullyParsedAddresses(name, value)
+    try:
+        return [parseMailbox(address) for address in addresses]
+    except AddressError as error:
+        raise MessageError(f"bad address in {name} field: {error}") from None
 
+
+def _fullyParsedAddresses(name: str, value: str) -> list[str]:
+    """
+    @return: the addresses of a list, read by the stdlib parser.
+    @raise MessageError: when the list is malformed.
+    """
     # The stdlib parser raises assorted exceptions (IndexError,
     # AttributeError, TypeError) on some hostile input instead of
     # recording a defect; any failure means the field is malformed.
@@ -286,11 +292,7 @@ def _parseAddressList(name: str, value: str) -> list[Mailbox]:
     # Obsolete syntax and 8-bit display names are only noted as defects.
     if any(isinstance(d, InvalidHeaderDefect) for d in parsed.defects):
         raise MessageError(f"malformed address list in {name} field")
-
-    try:
-        return [parseMailbox(address) for address in addresses]
-    except AddressError as error:
-        raise MessageError(f"bad address in {name} field: {error}") from None
+    return addresses
 
 
 def splitHeader(buffer: bytes | bytearray, searched: int = 0) -> int | None:

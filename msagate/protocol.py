@@ -66,6 +66,7 @@ from msagate.address import (
     AddressError,
     Mailbox,
     decodeXtext,
+    defaultPostmaster,
     isHelloArgument,
     parseMailbox,
     parseParameters,
@@ -757,8 +758,9 @@ class SubmissionProtocol(Protocol, TimeoutMixin):
     def _recipient(self, path: str) -> Mailbox:
         # RFC 5321 section 4.5.1: <Postmaster> without a domain, any case.
         if path.lower() == "<postmaster>":
-            hostname = self.settings.hostname
-            postmaster = self.settings.postmaster or f"postmaster@{hostname}"
+            postmaster = self.settings.postmaster or defaultPostmaster(
+                self.settings.hostname
+            )
             return parseMailbox(postmaster)
         recipient = _parsePath(path, replies.BAD_RECIPIENT_SYNTAX)
         if recipient is None:
