@@ -12,6 +12,7 @@ names the file, the section and the option.
 from __future__ import annotations
 
 import configparser
+import ipaddress
 import math
 import os
 import socket
@@ -21,6 +22,7 @@ from typing import Any, NoReturn, TypeVar
 
 from msagate.address import defaultPostmaster, isDomain, parseMailbox
 from msagate.errors import ConfigError
+from msagate.nexthop import Host, parseHosts
 from msagate.senders import checkDelimiter
 
 LISTENER_PREFIX = "listener:"
@@ -28,9 +30,11 @@ TLS_MODES = ("starttls", "implicit")
 TLS_VERSIONS = ("TLSv1.2", "TLSv1.3")
 CHECKERS = ("htpasswd",)
 SENDER_DEFAULTS = ("login", "none")
+RELAY_MODES = ("mx", "smarthost")
+RELAY_SECURITY = ("starttls", "implicit", "opportunistic", "none")
 
 # What an option's text becomes, depending on its kind.
-_Value = str | int | float | bool
+_Value = str | int | float | bool | tuple[Any, ...]
 _Number = TypeVar("_Number", int, float)
 
 
@@ -45,9 +49,10 @@ class Option:
     @ivar default: its value when absent, as text; L{None} when the
         option is required, C{""} when it is optional and empty.
     @ivar kind: how its text becomes a value: C{"text"}, C{"path"},
-        C{"integer"}, C{"seconds"}, C{"boolean"}, C{"choice"} or
-        C{"delimiter"} (where an empty value means none, not the
-        default).
+        C{"integer"}, C{"seconds"}, C{"boolean"}, C{"choice"},
+        C{"hosts"} (next hops, C{host[:port]} each), C{"nameservers"}
+        (C{address[:port]} each) or C{"delimiter"} (where an empty value
+        means none, not the default).
     @ivar choices: the allowed values of a C{"choice"}.
     """
 
@@ -117,6 +122,37 @@ OPTIONS = (
     ),
     Option("message", "max_received", "maxReceived", "100", "integer"),
     Option("message", "postmaster", "postmaster", ""),
+    Option("relay", "mode", "relayMode", "mx", "choice", RELAY_MODES),
+    Option("relay", "smarthosts", "smarthosts", "", "hosts"),
+    Option(
+        "relay",
+        "security",
+        "relaySecurity",
+        "starttls",
+        "choice",
+        RELAY_SECURITY,
+    ),
+    Option("relay", "ca_file", "relayCAFile", "", "path"),
+    Option("relay", "username", "relayUsername", ""),
+    Option("relay", "password_file", "relayPasswordFile", "", "path"),
+    Option("relay", "helo_name", "heloName", ""),
+    Option(
+        "relay",
+        "destination_connections",
+        "destinationConnections",
+        "20",
+        "integer",
+    ),
+    Option("relay", "max_connections", "relayConnections", "100", "integer"),
+    Option("relay", "connect_timeout", "connectTimeout", "30", "seconds"),
+    Option("relay", "command_timeout", "commandTimeout", "300", "seconds"),
+    Option("relay", "data_timeout", "dataTimeout", "600", "seconds"),
+    Option("relay", "retry_minimum", "retryMinimum", "300", "seconds"),
+    Option("relay", "retry_maximum", "retryMaximum", "3600", "seconds"),
+    Option("relay", "max_lifetime", "maxLifetime", "432000", "seconds"),
+    Option("relay", "delay_warning", "delayWarning", "0", "seconds"),
+    Option("relay", "mx_port", "mxPort", "25", "integer"),
+    Option("relay", "dns_servers", "dnsServers", "", "nameservers"),
 )
 
 LISTENER_OPTIONS = (
@@ -135,7 +171,16 @@ _MINIMUMS = {
     "line_length": 1000,
     "header_size": 1000,
     "max_received": 1,
+    "destination_connections": 1,
+    "max_connections": 1,
+    "connect_timeout": 1,
+    "command_timeout": 1,
+    "data_timeout": 1,
+    "retry_minimum": 1,
+    "retry_maximum": 1,
+    "mx_port": 1,
 }
+_MAXIMUMS = {"mx_port": 65535}
 
 
 @dataclass(frozen=True)
@@ -190,6 +235,24 @@ class Config:
     receivedClientAddress: bool
     maxReceived: int
     postmaster: str
+    relayMode: str
+    smarthosts: tuple[Host, ...]
+    relaySecurity: str
+    relayCAFile: str
+    relayUsername: str
+    relayPasswordFile: str
+    heloName: str
+    destinationConnections: int
+    relayConnections: int
+    connectTimeout: float
+    commandTimeout: float
+    dataTimeout: float
+    retryMinimum: float
+    retryMaximum: float
+    maxLifetime: float
+    delayWarning: float
+    mxPort: int
+    dnsServers: tuple[Host, ...]
 
 
 def loadConfig(path: str) -> Config:
@@ -222,6 +285,8 @@ def loadConfig(path: str) -> Config:
         problem = "required when checker = htpasswd"
         raise ConfigError(path, "auth", "htpasswd", problem)
     values["postmaster"] = reader.postmaster(values["postmaster"], hostname)
+    values["heloName"] = values["heloName"] or hostname
+    reader.checkRelay(values)
     return Config(path=path, **values)
 
 
@@ -293,8 +358,50 @@ class _Reader:
             self.fail("message", "postmaster", "domain is not qualified")
         return text
 
+    def checkRelay(self, values: dict[str, Any]) -> None:
+        if values["relayMode"] == "smarthost" and not values["smarthosts"]:
+            self.fail("relay", "smarthosts", "required when mode = smarthost")
+        if not isDomain(values["heloName"]) or "." not in values["heloName"]:
+            problem = f"{values['heloName']!r} is not a fully qualified name"
+            self.fail("relay", "helo_name", problem)
+        if values["relayUsername"]:
+            if not values["relayPasswordFile"]:
+                problem = "required when username is set"
+                self.fail("relay", "password_file", problem)
+            # RFC 4954 section 14: credentials only over verified TLS.
+            if values["relaySecurity"] not in ("starttls", "implicit"):
+                problem = "must be starttls or implicit when username is set"
+                self.fail("relay", "security", problem)
+        if values["retryMaximum"] < values["retryMinimum"]:
+            self.fail("relay", "retry_maximum", "less than retry_minimum")
+
     def _text(self, text: str, section: str, option: Option) -> str:
         return text
+
+    def _hosts(
+        self, text: str, section: str, option: Option
+    ) -> tuple[Host, ...]:
+        if not text:
+            return ()
+        try:
+            return tuple(parseHosts(text, defaultPort=25))
+        except ValueError as error:
+            self.fail(section, option.name, str(error))
+
+    def _nameservers(
+        self, text: str, section: str, option: Option
+    ) -> tuple[Host, ...]:
+        if not text:
+            return ()
+        try:
+            servers = tuple(parseHosts(text, defaultPort=53))
+        except ValueError as error:
+            self.fail(section, option.name, str(error))
+        for server in servers:
+            if not isIPAddress(server.name):
+                problem = f"{server.name!r} is not an IP address"
+                self.fail(section, option.name, problem)
+        return servers
 
     def _path(self, text: str, section: str, option: Option) -> str:
         return os.path.join(self.base, text) if text else ""
@@ -322,6 +429,9 @@ class _Reader:
         minimum = _MINIMUMS.get(option.name, 0)
         if value < minimum:
             self.fail(section, option.name, f"must be at least {minimum}")
+        maximum = _MAXIMUMS.get(option.name)
+        if maximum is not None and value > maximum:
+            self.fail(section, option.name, f"must be at most {maximum}")
         return value
 
     def _boolean(self, text: str, section: str, option: Option) -> bool:
@@ -342,6 +452,17 @@ class _Reader:
             allowed = ", ".join(option.choices)
             self.fail(section, option.name, f"must be one of {allowed}")
         return text
+
+
+def isIPAddress(text: str) -> bool:
+    """
+    @return: whether C{text} is an IPv4 or IPv6 address.
+    """
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        return False
+    return True
 
 
 def _describe(error: Exception) -> str:

@@ -22,6 +22,12 @@ from twisted.cred.checkers import ICredentialsChecker
 from twisted.cred.credentials import IUsernamePassword
 from twisted.cred.error import UnauthorizedLogin
 from twisted.cred.portal import IRealm
+from twisted.internet.interfaces import (
+    IReactorFromThreads,
+    IReactorTCP,
+    IReactorTime,
+    IReactorUNIX,
+)
 from zope.interface import Attribute, Interface
 
 if TYPE_CHECKING:
@@ -129,3 +135,13 @@ class ISpoolWriter(Interface):
         """
         Throw the message away; nothing of it is left behind.
         """
+
+
+class IServerReactor(
+    IReactorTime, IReactorFromThreads, IReactorTCP, IReactorUNIX
+):
+    """
+    What msagate needs of a reactor: time for timeouts and retries,
+    results handed back from its thread pools, TCP connections to next
+    hops and the control socket.  The global reactor provides all of it.
+    """

@@ -3,7 +3,9 @@
 The operator's mail log: a small, fixed vocabulary of events.
 
 Each function emits one C{twisted.logger} event in the C{msagate.mail}
-namespace with fixed field names (C{session}, C{peer}, C{user}, C{stage},
+namespace, its text rendered once here (the mail log has a line or more
+for every message, and Twisted's own rendering of a format costs several
+times more), with fixed field names (C{session}, C{peer}, C{user}, C{stage},
 C{code}, C{status}, C{reason}, C{queueID}, C{sender}, C{recipients},
 C{size}), so that a log pipeline can rely on them.  Nothing here ever
 receives a password or an AUTH exchange.  Client-supplied text is passed
@@ -16,7 +18,23 @@ from twisted.logger import Logger
 
 from msagate.replies import Reply
 
-log = Logger(namespace="msagate.mail")
+
+class _MailLogger:
+    """
+    Emits informational events whose text is rendered with L{str.format}
+    at once; the fields stay in the event for observers that want them.
+    """
+
+    def __init__(self) -> None:
+        self._logger = Logger(namespace="msagate.mail")
+
+    def info(self, format: str, **fields: object) -> None:
+        self._logger.info(
+            "{log_text}", log_text=format.format(**fields), **fields
+        )
+
+
+log = _MailLogger()
 
 
 def printable(text: str | bytes, limit: int = 200) -> str:
@@ -140,3 +158,51 @@ def disconnected(
         user=user,
         summary=summary,
     )
+
+
+def relayed(
+    queueID: str,
+    recipient: str,
+    relay: str,
+    outcome: str,
+    status: str,
+    delay: float,
+    reply: str,
+) -> None:
+    """
+    A delivery attempt for one recipient ended: C{outcome} is C{sent},
+    C{deferred} (tried again later) or C{bounced} (failed for good).
+    """
+    log.info(
+        "{queueID}: to=<{recipient}> relay={relay} delay={delay:.1f} "
+        "dsn={status} status={outcome} ({reply})",
+        queueID=queueID,
+        recipient=recipient,
+        relay=relay or "none",
+        delay=delay,
+        status=status,
+        outcome=outcome,
+        reply=printable(reply, 400),
+    )
+
+
+def notified(queueID: str, reportID: str, action: str, sender: str) -> None:
+    """
+    A delivery status notification about message C{queueID} was queued
+    as C{reportID} for its sender.
+    """
+    log.info(
+        "{queueID}: sender notification {reportID} to=<{sender}> "
+        "action={action}",
+        queueID=queueID,
+        reportID=reportID,
+        sender=sender,
+        action=action,
+    )
+
+
+def removed(queueID: str, reason: str) -> None:
+    """
+    A message left the queue: delivered, bounced, expired or deleted.
+    """
+    log.info("{queueID}: removed ({reason})", queueID=queueID, reason=reason)

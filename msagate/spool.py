@@ -6,14 +6,19 @@ Layout under the spool directory::
 
     incoming/   messages still being received; never read by anyone else
     queue/      committed messages, QUEUEID.eml (the data) and QUEUEID.json
-                (the envelope, see L{msagate.envelope})
+                (the envelope, see L{msagate.envelope}), and the relay
+                manager's QUEUEID.state (see L{msagate.queue})
 
 A message is committed by fsyncing its data and its envelope, renaming the
 data and then the envelope into C{queue/}, and fsyncing that directory; the
 250 reply waits for all of it (RFC 5321 section 6.1).  The envelope is the
 commit mark: a C{.eml} without its C{.json} in C{queue/} is the trace of a
 commit that a crash interrupted before the client heard 250, and is removed
-at start-up like everything left in C{incoming/}.
+at start-up like everything left in C{incoming/}; so is a C{.state} whose
+message is gone, and a C{.state.tmp} that a crash left behind.
+
+Once a message is committed, the spool tells its observers (the relay
+manager), so that delivery can start at once.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ from __future__ import annotations
 import os
 import secrets
 import time
+from collections.abc import Callable
 from dataclasses import replace
 from typing import BinaryIO
 
@@ -39,6 +45,8 @@ INCOMING = "incoming"
 QUEUE = "queue"
 DATA_SUFFIX = ".eml"
 ENVELOPE_SUFFIX = ".json"
+STATE_SUFFIX = ".state"
+TEMPORARY_SUFFIX = ".tmp"
 
 
 def newQueueID() -> str:
@@ -70,11 +78,14 @@ class Spool:
         self.path = path
         self._pool = pool
         self._reactor = reactor
+        self._observers: list[Callable[[str, Envelope], None]] = []
 
     def prepare(self, owner: tuple[int, int] | None = None) -> None:
         """
         Create the directories and clear the traces of interrupted
-        submissions.  Called once at start-up, before listening.
+        submissions and interrupted state updates.  Called once at
+        start-up, before listening, by the holder of the spool lock (see
+        L{msagate.queue.QueueStore.lock}).
 
         @param owner: the user and group ID the directories should belong
             to, when msagate will drop root privileges to run as them.
@@ -87,8 +98,19 @@ class Spool:
                 os.chown(path, *owner)
         for name in os.listdir(os.path.join(self.path, INCOMING)):
             self._discard(os.path.join(self.path, INCOMING, name))
-        for name in self._uncommitted():
+        for name in self._leftovers():
             self._discard(os.path.join(self.path, QUEUE, name))
+
+    def addObserver(self, observer: Callable[[str, Envelope], None]) -> None:
+        """
+        Have C{observer} told of every message committed from now on.
+
+        @param observer: called on the reactor thread with the queue ID and
+            the committed envelope, size included, before the commit's
+            L{Deferred} fires to its caller.  What it raises is logged and
+            does not fail the commit.
+        """
+        self._observers.append(observer)
 
     def queued(self) -> list[str]:
         """
@@ -114,9 +136,20 @@ class Spool:
         return SpoolWriter(self, queueID, opening, envelope)
 
     def _commit(self, writer: SpoolWriter) -> Deferred[None]:
-        return deferToThreadPool(
+        committing = deferToThreadPool(
             self._reactor, self._pool, self._commitInThread, writer
         )
+        return committing.addCallback(lambda _: self._committed(writer))
+
+    def _committed(self, writer: SpoolWriter) -> None:
+        for observer in list(self._observers):
+            try:
+                observer(writer.queueID, writer.envelope)
+            except Exception:
+                self.log.failure(
+                    "an observer of queued message {queueID} failed",
+                    queueID=writer.queueID,
+                )
 
     def _commitInThread(self, writer: SpoolWriter) -> None:
         incoming = os.path.join(self.path, INCOMING, writer.queueID)
@@ -144,15 +177,17 @@ class Spool:
             os.path.join(self.path, INCOMING, writer.queueID + DATA_SUFFIX)
         )
 
-    def _uncommitted(self) -> list[str]:
+    def _leftovers(self) -> list[str]:
         names = set(os.listdir(os.path.join(self.path, QUEUE)))
-        stems = {name.rsplit(".", 1)[0] for name in names}
-        return [
+        temporary = STATE_SUFFIX + TEMPORARY_SUFFIX
+        stray = [name for name in names if name.endswith(temporary)]
+        stems = {name.split(".", 1)[0] for name in names}
+        return stray + [
             name
             for stem in stems
             if not {stem + DATA_SUFFIX, stem + ENVELOPE_SUFFIX} <= names
-            for name in (stem + DATA_SUFFIX, stem + ENVELOPE_SUFFIX)
-            if name in names
+            for suffix in (DATA_SUFFIX, ENVELOPE_SUFFIX, STATE_SUFFIX)
+            if (name := stem + suffix) in names
         ]
 
     def _discard(self, path: str) -> None:

@@ -12,11 +12,12 @@ from __future__ import annotations
 
 import os
 from dataclasses import replace
-from typing import TYPE_CHECKING, Any, cast
+from typing import Any, TypeVar, cast
 
 from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import IService, MultiService, Service
 from twisted.cred.portal import Portal
+from twisted.internet._sslverify import IOpenSSLTrustRoot
 from twisted.internet.defer import Deferred, gatherResults, succeed
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.interfaces import (
@@ -24,10 +25,12 @@ from twisted.internet.interfaces import (
     IListeningPort,
     IProtocolFactory,
     IReactorFromThreads,
-    IReactorTime,
+    IResolver,
     IStreamServerEndpoint,
 )
+from twisted.internet.ssl import CertificateOptions
 from twisted.logger import Logger
+from twisted.names.client import createResolver
 from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python import usage
 from twisted.python.threadpool import ThreadPool
@@ -35,14 +38,20 @@ from zope.interface import implementer
 
 from msagate._watched import FileFormatError
 from msagate.checkers.htpasswd import HtpasswdChecker
+from msagate.client import ClientSettings
 from msagate.config import Config, Listener, loadConfig
+from msagate.control import CONTROL, ControlEndpoint, ControlFactory
 from msagate.errors import ConfigError
+from msagate.interfaces import IServerReactor
+from msagate.outbound import NextHopConnector, loadTrustRoot
 from msagate.protocol import (
     SessionSettings,
     SubmissionFactory,
     describeAddress,
 )
+from msagate.queue import QueueStore, SpoolBusy, SpoolLock
 from msagate.realm import SubmissionRealm
+from msagate.relay import RelayManager, RelaySettings
 from msagate.senders import LoginSenderSource, SenderMapFile
 from msagate.spool import Spool
 from msagate.throttle import AuthThrottle
@@ -50,13 +59,7 @@ from msagate.tls import TLSSetupError, serverOptions
 
 DEFAULT_CONFIG = "/etc/msagate/msagate.ini"
 
-if TYPE_CHECKING:
-
-    class _IReactor(IReactorTime, IReactorFromThreads):
-        """
-        What msagate needs of a reactor, for the type checker only: time
-        for sessions, and results handed back from its thread pools.
-        """
+_R = TypeVar("_R")
 
 
 class Options(usage.Options):
@@ -87,7 +90,7 @@ def makeService(options: Options) -> IService:
     gid: int | None = server.get("gid")
     owner = None if uid is None else (uid, os.getgid() if gid is None else gid)
     # The global reactor also runs threads, which its static type omits.
-    running = cast("_IReactor", reactor)
+    running = cast(IServerReactor, reactor)
     try:
         return buildService(loadConfig(options["config"]), running, owner)
     except ConfigError as error:
@@ -116,8 +119,48 @@ def sessionSettings(config: Config) -> SessionSettings:
     )
 
 
+def relaySettings(config: Config) -> RelaySettings:
+    """
+    @return: how the relay manager delivers, as C{config} says.
+    """
+    return RelaySettings(
+        hostname=config.hostname,
+        mode=config.relayMode,
+        smarthosts=config.smarthosts,
+        security=config.relaySecurity,
+        mxPort=config.mxPort,
+        destinationConnections=config.destinationConnections,
+        connections=config.relayConnections,
+        retryMinimum=config.retryMinimum,
+        retryMaximum=config.retryMaximum,
+        maxLifetime=config.maxLifetime,
+        delayWarning=config.delayWarning,
+    )
+
+
+def clientSettings(config: Config) -> ClientSettings:
+    """
+    @return: how outbound sessions behave, as C{config} says; the
+        password is read from its file here.
+    @raise ConfigError: when the password file cannot be used.
+    """
+    password = ""
+    if config.relayUsername:
+        password = _readPassword(config)
+    return ClientSettings(
+        heloName=config.heloName,
+        security=config.relaySecurity,
+        username=config.relayUsername,
+        password=password,
+        timeout=config.commandTimeout,
+        dataTimeout=config.dataTimeout,
+    )
+
+
 def buildService(
-    config: Config, reactor: _IReactor, owner: tuple[int, int] | None = None
+    config: Config,
+    reactor: IServerReactor,
+    owner: tuple[int, int] | None = None,
 ) -> MultiService:
     """
     Assemble msagate from C{config}.
@@ -134,12 +177,6 @@ def buildService(
         SubmissionRealm(_senderSource(config, authPool, reactor)),
         [_checker(config, authPool, reactor)],
     )
-    spool = Spool(config.spool, spoolPool, reactor)
-    try:
-        spool.prepare(owner)
-    except OSError as error:
-        problem = f"cannot prepare {error.filename}: {error.strerror}"
-        raise ConfigError(config.path, "server", "spool", problem) from None
     try:
         tls = serverOptions(
             config.certificate, config.key, config.tlsMinimumVersion
@@ -147,7 +184,72 @@ def buildService(
     except TLSSetupError as error:
         problem = str(error)
         raise ConfigError(config.path, "tls", error.option, problem) from None
+    connector = NextHopConnector(
+        reactor,
+        clientSettings(config),
+        _trustRoot(config),
+        config.connectTimeout,
+    )
+    resolver = _resolver(config)
 
+    spool = Spool(config.spool, spoolPool, reactor)
+    store = QueueStore(config.spool)
+    lock = service.spoolLock = _lockSpool(config, spool, store, owner)
+    try:
+        relay = RelayManager(
+            relaySettings(config),
+            store,
+            spool,
+            connector,
+            spoolPool,
+            reactor,
+            resolver=resolver,
+        )
+        relay.setServiceParent(service)
+        control = ControlEndpoint(reactor, os.path.join(config.spool, CONTROL))
+        StreamServerEndpointService(
+            control, ControlFactory(relay, reactor)
+        ).setServiceParent(service)
+        _addListeners(service, config, reactor, portal, spool, tls)
+    except BaseException:
+        lock.release()
+        raise
+    return service
+
+
+def _lockSpool(
+    config: Config,
+    spool: Spool,
+    store: QueueStore,
+    owner: tuple[int, int] | None,
+) -> SpoolLock:
+    # Only the holder of the lock may clear what a crash left behind.
+    try:
+        os.makedirs(config.spool, 0o700, exist_ok=True)
+        lock = store.lock()
+    except SpoolBusy as error:
+        problem = f"{error}: is another msagate using it?"
+        raise ConfigError(config.path, "server", "spool", problem) from None
+    except OSError as error:
+        problem = f"cannot lock {error.filename}: {error.strerror}"
+        raise ConfigError(config.path, "server", "spool", problem) from None
+    try:
+        spool.prepare(owner)
+    except OSError as error:
+        lock.release()
+        problem = f"cannot prepare {error.filename}: {error.strerror}"
+        raise ConfigError(config.path, "server", "spool", problem) from None
+    return lock
+
+
+def _addListeners(
+    service: SubmissionService,
+    config: Config,
+    reactor: IServerReactor,
+    portal: Portal,
+    spool: Spool,
+    tls: CertificateOptions,
+) -> None:
     settings = sessionSettings(config)
     throttle = AuthThrottle(
         reactor, config.clientMaxAuthFailures, config.clientAuthFailureWindow
@@ -174,7 +276,6 @@ def buildService(
         service.endpoints.append(endpoint)
         listening = StreamServerEndpointService(endpoint, wrapped)
         listening.setServiceParent(service)
-    return service
 
 
 class SubmissionService(MultiService):
@@ -190,6 +291,7 @@ class SubmissionService(MultiService):
         super().__init__()
         self.factories: list[SubmissionFactory] = []
         self.endpoints: list[ListeningEndpoint] = []
+        self.spoolLock: SpoolLock | None = None
 
     def whenListening(self) -> Deferred[dict[str, IAddress]]:
         """
@@ -208,7 +310,12 @@ class SubmissionService(MultiService):
         for factory in self.factories:
             factory.shutDown()
         stopped: Deferred[list[tuple[bool, object]]] = super().stopService()
-        return stopped
+        return stopped.addBoth(self._unlock)
+
+    def _unlock(self, result: _R) -> _R:
+        if self.spoolLock is not None:
+            self.spoolLock.release()
+        return result
 
 
 @implementer(IStreamServerEndpoint)
@@ -332,8 +439,47 @@ def _loadNow(
         raise ConfigError(config.path, section, option, problem) from None
 
 
+def _readPassword(config: Config) -> str:
+    try:
+        with open(config.relayPasswordFile, encoding="utf-8") as file:
+            password = file.readline().rstrip("\r\n")
+    except (OSError, UnicodeDecodeError) as error:
+        problem = f"cannot read {config.relayPasswordFile}: {_why(error)}"
+        raise ConfigError(
+            config.path, "relay", "password_file", problem
+        ) from None
+    if not password:
+        problem = f"{config.relayPasswordFile} holds no password"
+        raise ConfigError(config.path, "relay", "password_file", problem)
+    return password
+
+
+def _trustRoot(config: Config) -> IOpenSSLTrustRoot | None:
+    if not config.relayCAFile:
+        return None
+    try:
+        return loadTrustRoot(config.relayCAFile)
+    except (OSError, ValueError) as error:
+        problem = f"cannot use {config.relayCAFile}: {_why(error)}"
+        raise ConfigError(config.path, "relay", "ca_file", problem) from None
+
+
+def _resolver(config: Config) -> IResolver | None:
+    if not config.dnsServers:
+        return None
+    servers = [(server.name, server.port) for server in config.dnsServers]
+    resolver: IResolver = createResolver(servers=servers)
+    return resolver
+
+
+def _why(error: Exception) -> str:
+    if isinstance(error, OSError) and error.strerror:
+        return error.strerror
+    return str(error)
+
+
 def _endpoint(
-    config: Config, listener: Listener, reactor: _IReactor
+    config: Config, listener: Listener, reactor: IServerReactor
 ) -> IStreamServerEndpoint:
     try:
         endpoint: IStreamServerEndpoint = serverFromString(

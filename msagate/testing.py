@@ -7,7 +7,10 @@ Fakes for testing msagate and code built on it; none is for production.
   - L{FakeTLSTransport}: a L{StringTransport} that can start TLS;
   - L{connectedSession}: a protocol on a fake transport, greeted;
   - L{ThreadResults}: a reactor stand-in for code that works in a thread
-    pool.
+    pool;
+  - L{ImmediatePool} and L{ClockReactor}: a thread pool that runs work at
+    once and a L{Clock} that takes results back at once, so that code
+    using a pool runs step by step on a fake clock.
 """
 
 from __future__ import annotations
@@ -288,3 +291,42 @@ class ThreadResults:
         if isinstance(outcome, Failure):
             outcome.raiseException()
         return outcome
+
+
+class ImmediatePool:
+    """
+    The part of a L{ThreadPool} that L{deferToThreadPool} uses, running
+    each call at once in the caller's thread.
+    """
+
+    def callInThreadWithCallback(
+        self,
+        onResult: Callable[[bool, object], object],
+        f: Callable[..., object],
+        *args: object,
+        **kwargs: object,
+    ) -> None:
+        """
+        Run C{f(*args, **kwargs)} now and hand its outcome to C{onResult}.
+        """
+        try:
+            result = f(*args, **kwargs)
+        except BaseException:
+            onResult(False, Failure())
+        else:
+            onResult(True, result)
+
+
+class ClockReactor(Clock):
+    """
+    A L{Clock} that also takes back results from threads, at once: with
+    L{ImmediatePool}, work done "in a thread" completes synchronously.
+    """
+
+    def callFromThread(
+        self, f: Callable[..., object], *args: object, **kwargs: object
+    ) -> None:
+        """
+        Run C{f(*args, **kwargs)} now.
+        """
+        f(*args, **kwargs)

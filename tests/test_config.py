@@ -14,6 +14,7 @@ import msagate.config
 from msagate.address import parseMailbox
 from msagate.config import OPTIONS, Config, Listener, loadConfig
 from msagate.errors import ConfigError
+from msagate.nexthop import Host
 
 MINIMAL = {
     "server": {"hostname": "msa.example.org", "spool": "spool"},
@@ -218,6 +219,33 @@ def test_configIsFrozen(tmp_path: Path) -> None:
             "postmaster",
         ),
         ({"message": {"postmaster": "pm@localhost"}}, "message", "postmaster"),
+        ({"relay": {"mode": "direct"}}, "relay", "mode"),
+        ({"relay": {"mode": "smarthost"}}, "relay", "smarthosts"),
+        ({"relay": {"smarthosts": "mail:0"}}, "relay", "smarthosts"),
+        ({"relay": {"smarthosts": "[2001:db8::1"}}, "relay", "smarthosts"),
+        ({"relay": {"security": "tls"}}, "relay", "security"),
+        ({"relay": {"username": "msa"}}, "relay", "password_file"),
+        (
+            {
+                "relay": {
+                    "username": "msa",
+                    "password_file": "pw",
+                    "security": "opportunistic",
+                }
+            },
+            "relay",
+            "security",
+        ),
+        ({"relay": {"helo_name": "localhost"}}, "relay", "helo_name"),
+        ({"relay": {"retry_minimum": "0"}}, "relay", "retry_minimum"),
+        (
+            {"relay": {"retry_minimum": "600", "retry_maximum": "300"}},
+            "relay",
+            "retry_maximum",
+        ),
+        ({"relay": {"mx_port": "65536"}}, "relay", "mx_port"),
+        ({"relay": {"max_connections": "0"}}, "relay", "max_connections"),
+        ({"relay": {"dns_servers": "ns.example.org"}}, "relay", "dns_servers"),
         (
             {"message": {"postmaster": "<pm@example.org>"}},
             "message",
@@ -331,6 +359,19 @@ def test_defaultCheckerNeedsHtpasswd(tmp_path: Path) -> None:
         ("senders", {"detail_delimiter": "-"}, "detailDelimiter", "-"),
         ("message", {"postmaster": "pm@example.org"}, "postmaster", None),
         ("server", {"hostname": " MSA.Example.ORG "}, "hostname", None),
+        (
+            "relay",
+            {"smarthosts": "a.example.net, [2001:db8::1]:587"},
+            "smarthosts",
+            (Host("a.example.net", 25), Host("2001:db8::1", 587)),
+        ),
+        (
+            "relay",
+            {"dns_servers": "192.0.2.53 [2001:db8::53]:5353"},
+            "dnsServers",
+            (Host("192.0.2.53", 53), Host("2001:db8::53", 5353)),
+        ),
+        ("relay", {"max_lifetime": "0"}, "maxLifetime", 0.0),
     ],
 )
 def test_values(

@@ -214,6 +214,32 @@ class TestTLS:
         assert raw.command(b"EHLO again.example").startswith(b"250-")
         assert raw.command(b"NOOP") == b"250 2.0.0 OK"
 
+    def test_noDelay(self, server):
+        """
+        Both listeners' sessions run with Nagle's algorithm off, under TLS
+        too, so that no reply waits for a delayed acknowledgement.
+        """
+
+        def tcpSocket(transport):
+            # Through the TLS layer to the TCP connection.
+            while not hasattr(transport, "socket"):
+                transport = transport.transport
+            return transport.socket
+
+        def options():
+            return [
+                tcpSocket(session.transport).getsockopt(
+                    socket.IPPROTO_TCP, socket.TCP_NODELAY
+                )
+                for factory in server.service.factories
+                for session in factory.sessions
+            ]
+
+        clients = [starttls(server), implicit(server)]
+        assert inReactor(options) == [1, 1]
+        for client in clients:
+            client.quit()
+
     def test_tlsLogged(self, server, logged):
         """
         The log names each session's TLS version and cipher (TLS-14).

@@ -13,11 +13,13 @@ from twisted.cred.error import UnauthorizedLogin
 from twisted.cred.portal import Portal
 from twisted.internet import defer
 from twisted.internet.address import IPv4Address
+from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.task import Clock
 from twisted.logger import globalLogPublisher
+from twisted.protocols.policies import WrappingFactory
 
 from msagate.errors import TemporaryAuthFailure
-from msagate.protocol import SessionSettings, SubmissionProtocol
+from msagate.protocol import SessionSettings, SubmissionProtocol, noDelay
 from msagate.realm import SubmissionRealm
 from msagate.testing import (
     FakeTLSTransport,
@@ -1028,3 +1030,29 @@ def test_unauthorizedLoginFromRealm():
     A realm that refuses the user yields 535, as a wrong password does.
     """
     assert UnauthorizedLogin
+
+
+class _TCPTransport:
+    """
+    Records what a session asks of its TCP connection.
+    """
+
+    noDelay = False
+
+    def setTcpNoDelay(self, enabled: bool) -> None:
+        self.noDelay = enabled
+
+
+def test_noDelayThroughWrappers():
+    """
+    Sessions turn Nagle's algorithm off on their TCP connection, also when
+    TLS or the PROXY protocol wraps it, and ignore transports without TCP.
+    """
+    tcp = _TCPTransport()
+    wrapper = WrappingFactory(Factory.forProtocol(Protocol)).buildProtocol(
+        None
+    )
+    wrapper.makeConnection(tcp)
+    noDelay(wrapper)
+    assert tcp.noDelay
+    noDelay(object())

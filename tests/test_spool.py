@@ -229,6 +229,66 @@ def test_prepareClearsLeftovers(spool: Spool, reactor) -> None:
     assert spool.queued() == [kept]
 
 
+def test_prepareRemovesBrokenMessagesWithTheirState(
+    spool: Spool, reactor
+) -> None:
+    """
+    A message in queue/ lacking its envelope or its data is removed with
+    all its files, delivery state included; a state file alone is removed
+    too.
+    """
+    kept = store(spool, reactor, b"kept\r\n")
+    queue = Path(spool.path) / "queue"
+    for name in (
+        "0000000000001AAAAA.eml",
+        "0000000000001AAAAA.state",
+        "0000000000002BBBBB.json",
+        "0000000000002BBBBB.state",
+        "0000000000003CCCCC.state",
+    ):
+        (queue / name).write_bytes(b"{}")
+
+    spool.prepare()
+
+    assert listing(spool, "queue") == [kept + ".eml", kept + ".json"]
+
+
+def test_prepareKeepsStateOfCompleteMessage(spool: Spool, reactor) -> None:
+    """
+    The delivery state of a complete message survives prepare.
+    """
+    kept = store(spool, reactor, b"kept\r\n")
+    state = Path(spool.path) / "queue" / (kept + ".state")
+    state.write_bytes(b'{"version": 1}')
+
+    spool.prepare()
+
+    assert listing(spool, "queue") == [
+        kept + ".eml",
+        kept + ".json",
+        kept + ".state",
+    ]
+    assert state.read_bytes() == b'{"version": 1}'
+
+
+def test_prepareRemovesStrayTemporaryState(spool: Spool, reactor) -> None:
+    """
+    A temporary state file that a crash left behind is removed, whether
+    its message is complete or not; unrelated files stay.
+    """
+    kept = store(spool, reactor, b"kept\r\n")
+    queue = Path(spool.path) / "queue"
+    (queue / (kept + ".state.tmp")).write_bytes(b"half")
+    (queue / "0000000000001AAAAA.state.tmp").write_bytes(b"half")
+    (queue / "README").write_bytes(b"operator's note")
+
+    spool.prepare()
+
+    assert listing(spool, "queue") == sorted(
+        ["README", kept + ".eml", kept + ".json"]
+    )
+
+
 # Storing messages.
 
 
@@ -430,3 +490,71 @@ def test_commitRunsInThePool(spool: Spool, reactor) -> None:
     reactor.runOne()
     assert outcome == [None]
     assert spool.queued() == [writer.queueID]
+
+
+# Observers.
+
+
+def test_observerToldOfCommit(spool: Spool, reactor) -> None:
+    """
+    Each observer is called with the queue ID and the committed envelope,
+    size included, on the thread that fires the commit, before the
+    commit's Deferred fires.
+    """
+    calls: list[tuple[str, str, Envelope, list[object]]] = []
+    outcome: list[object] = []
+    for name in ("first", "second"):
+        spool.addObserver(
+            lambda queueID, envelope, name=name: calls.append(
+                (name, queueID, envelope, list(outcome))
+            )
+        )
+    writer = spool.begin(ENVELOPE)
+    writer.write(b"12345")
+    writer.commit().addBoth(outcome.append)
+    while not outcome:
+        reactor.runOne()
+
+    committed = Envelope(**{**vars(ENVELOPE), "size": 5})
+    assert outcome == [None]
+    assert calls == [
+        ("first", writer.queueID, committed, []),
+        ("second", writer.queueID, committed, []),
+    ]
+
+
+def test_observerFailureLogged(spool: Spool, reactor, logged) -> None:
+    """
+    An observer that raises is logged with its traceback; the commit
+    still succeeds and the other observers are still told.
+    """
+    told: list[str] = []
+
+    def broken(queueID: str, envelope: Envelope) -> None:
+        raise RuntimeError("observer bug")
+
+    spool.addObserver(broken)
+    spool.addObserver(lambda queueID, envelope: told.append(queueID))
+    queueID = store(spool, reactor, b"x")
+
+    assert told == [queueID]
+    assert spool.queued() == [queueID]
+    failures = [event for event in logged if "log_failure" in event]
+    assert len(failures) == 1
+    assert failures[0]["log_failure"].check(RuntimeError)
+    assert failures[0]["queueID"] == queueID
+
+
+def test_observerNotToldOfFailedCommit(
+    spool: Spool, reactor, monkeypatch
+) -> None:
+    """
+    Observers hear nothing of a commit that fails.
+    """
+    told: list[str] = []
+    spool.addObserver(lambda queueID, envelope: told.append(queueID))
+    writer = spool.begin(ENVELOPE)
+    writer.write(b"doomed")
+    failOnCall(monkeypatch, "rename", 1)
+    assert isinstance(reactor.outcomeOf(writer.commit()), Failure)
+    assert told == []

@@ -22,6 +22,7 @@ from twisted.internet import reactor
 from msagate._certs import CertificateAuthority, selfSigned
 from msagate.config import loadConfig
 from msagate.demo import writeDemo
+from msagate.errors import ConfigError
 from msagate.tap import buildService
 from msagate.tls import TLSSetupError, serverOptions
 
@@ -233,3 +234,52 @@ def test_spoolOwner(serverFiles, monkeypatch):
         spool + "/queue",
     ]
     assert {tuple(owner) for _, *owner in changes} == {(1234, 5678)}
+
+
+def test_spoolInUse(serverFiles):
+    """
+    A second msagate on the same spool does not start: the first holds
+    the spool lock, which it releases when it stops.
+    """
+    config = loadConfig(str(serverFiles))
+    first = buildService(config, reactor)
+    try:
+        with pytest.raises(ConfigError) as raised:
+            buildService(config, reactor)
+        assert (raised.value.section, raised.value.option) == (
+            "server",
+            "spool",
+        )
+        assert f"process {os.getpid()}" in raised.value.problem
+    finally:
+        first.spoolLock.release()
+    buildService(config, reactor).spoolLock.release()
+
+
+@pytest.mark.parametrize(
+    "relay, option, problem",
+    [
+        (
+            "username = msa\npassword_file = missing\n",
+            "password_file",
+            "No such file or directory",
+        ),
+        ("username = msa\npassword_file = empty\n", "password_file", "no"),
+        ("ca_file = missing.pem\n", "ca_file", "No such file or directory"),
+        ("ca_file = empty\n", "ca_file", "no PEM certificate"),
+    ],
+)
+def test_unusableRelayFiles(serverFiles, relay, option, problem):
+    """
+    A password file or CA file that cannot be used stops start-up with
+    the option named.
+    """
+    (serverFiles.parent / "empty").write_text("")
+    with serverFiles.open("a") as file:
+        file.write("[relay]\nmode = smarthost\nsmarthosts = mail\n" + relay)
+    config = loadConfig(str(serverFiles))
+
+    with pytest.raises(ConfigError) as raised:
+        buildService(config, reactor)
+    assert (raised.value.section, raised.value.option) == ("relay", option)
+    assert problem in raised.value.problem

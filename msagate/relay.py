@@ -1,0 +1,830 @@
+# -*- test-case-name: tests.test_relay -*-
+"""
+The relay manager: delivers what the spool holds to the next hop, retries
+what can be retried and reports the rest to the sender.
+
+Every committed message gets an attempt at once; a recipient answered
+4xx (or that could not be reached) is tried again after a growing, jittered
+delay, until the message has been queued for C{maxLifetime}.  A message
+leaves the queue only once each of its recipients is delivered or has
+failed for good, and only after the delivery status notification for the
+failed ones is itself durably queued (RFC 5321 section 6.1).  A crash at
+any point therefore repeats work (at-least-once delivery), never loses it.
+
+Recipients are grouped by next hop: one group for the smarthosts, or one
+per recipient domain in MX mode.  Each next hop is a L{_Destination} with a
+queue of jobs and a bounded number of sessions, which carry one job after
+another over the same connection while there is work.
+"""
+
+from __future__ import annotations
+
+import random
+from collections import deque
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any, Protocol, TypeVar
+
+from twisted.application.service import Service
+from twisted.internet.defer import Deferred, gatherResults, succeed
+from twisted.internet.interfaces import (
+    IDelayedCall,
+    IResolver,
+)
+from twisted.internet.threads import deferToThreadPool
+from twisted.logger import Logger
+from twisted.names.client import getResolver
+from twisted.python.failure import Failure
+from twisted.python.threadpool import ThreadPool
+from zope.interface import implementer
+
+from msagate import maillog
+from msagate.client import (
+    DeliveryError,
+    OutboundMessage,
+    RecipientOutcome,
+    SMTPSession,
+)
+from msagate.control import IQueueControl
+from msagate.dsn import RecipientReport, buildReport
+from msagate.envelope import Envelope
+from msagate.interfaces import IServerReactor
+from msagate.nexthop import Host, NextHopError, mailHosts
+from msagate.queue import DeliveryState, QueueStore, RecipientState
+from msagate.spool import Spool
+
+_T = TypeVar("_T")
+
+# How long an idle outbound connection waits for another message to the
+# same next hop before it says QUIT.
+LINGER = 2.0
+
+# The share of a retry delay that is random, so that messages deferred
+# together do not come back together.
+JITTER = 0.25
+
+SMARTHOST = ""
+
+
+class IConnector(Protocol):
+    """
+    Opens an SMTP session with a next hop.
+    """
+
+    def connect(self, host: Host, security: str) -> Deferred[SMTPSession]:
+        """
+        @param security: the TLS mode of the session (see
+            L{msagate.client.ClientSettings.security}).
+        @return: a L{Deferred} that fires with a session ready for mail,
+            or fails with L{DeliveryError}.
+        """
+
+
+@dataclass(frozen=True)
+class RelaySettings:
+    """
+    How the relay manager delivers and retries.
+
+    @ivar hostname: this server's name, the reporting MTA of its
+        notifications.
+    @ivar mode: C{"smarthost"} or C{"mx"}.
+    @ivar smarthosts: the smarthosts, tried in order.
+    @ivar security: the TLS mode toward the smarthosts; MX hosts are
+        always C{"opportunistic"}.
+    @ivar mxPort: the port of MX hosts.
+    @ivar destinationConnections: the most sessions to one next hop.
+    @ivar connections: the most outbound sessions in all.
+    @ivar retryMinimum: the delay before the first retry.
+    @ivar retryMaximum: the longest delay between two retries.
+    @ivar maxLifetime: how long a message may stay queued.
+    @ivar delayWarning: how long a message waits before its sender is
+        told of the delay; 0 for never.
+    """
+
+    hostname: str
+    mode: str = "mx"
+    smarthosts: tuple[Host, ...] = ()
+    security: str = "starttls"
+    mxPort: int = 25
+    destinationConnections: int = 20
+    connections: int = 100
+    retryMinimum: float = 300
+    retryMaximum: float = 3600
+    maxLifetime: float = 5 * 24 * 3600
+    delayWarning: float = 0
+
+
+@dataclass
+class _Message:
+    """
+    A queued message as the relay manager tracks it.
+
+    @ivar state: its delivery state as last saved.
+    @ivar timer: the call of its next attempt, when one is scheduled.
+    @ivar busy: whether an attempt is under way.
+    @ivar deleting: whether it is to be deleted once the attempt ends.
+    @ivar flushing: whether it is to be tried again as soon as the attempt
+        under way ends.
+    @ivar saving: fires once its last state or removal reached the disk.
+    """
+
+    queueID: str
+    envelope: Envelope
+    state: DeliveryState
+    timer: IDelayedCall | None = None
+    busy: bool = False
+    deleting: bool = False
+    flushing: bool = False
+    saving: Deferred[None] = field(default_factory=lambda: succeed(None))
+
+
+@dataclass
+class _Job:
+    """
+    Some recipients of one message, bound for one next hop.
+
+    @ivar done: fires with the new state of each recipient.
+    """
+
+    message: _Message
+    recipients: tuple[str, ...]
+    done: Deferred[dict[str, RecipientState]] = field(default_factory=Deferred)
+
+
+@implementer(IQueueControl)
+class RelayManager(Service):
+    """
+    Delivers the spool's messages; see the module docstring.
+
+    @ivar messages: the queued messages by queue ID.
+    """
+
+    log = Logger()
+
+    def __init__(
+        self,
+        settings: RelaySettings,
+        store: QueueStore,
+        spool: Spool,
+        connector: IConnector,
+        pool: ThreadPool,
+        reactor: IServerReactor,
+        resolver: IResolver | None = None,
+        randomness: random.Random | None = None,
+    ) -> None:
+        self.settings = settings
+        self.messages: dict[str, _Message] = {}
+        self._store = store
+        self._spool = spool
+        self._connector = connector
+        self._pool = pool
+        self._reactor = reactor
+        self._resolver = resolver
+        self._random = randomness or random.Random()
+        self._destinations: dict[str, _Destination] = {}
+        self._sessions = 0
+        self._stopping = False
+        spool.addObserver(self._committed)
+
+    def startService(self) -> None:
+        """
+        Load the queue and schedule every message it holds.
+        """
+        super().startService()
+        self._stopping = False
+        loading = self._inPool(lambda: list(self._store.entries()))
+        loading.addCallback(self._loaded)
+        loading.addErrback(
+            lambda failure: self.log.failure("cannot read the queue", failure)
+        )
+
+    def stopService(self) -> None:
+        """
+        Stop scheduling and close the outbound sessions; whatever was not
+        delivered stays queued for the next start.
+        """
+        super().stopService()
+        self._stopping = True
+        for message in self.messages.values():
+            _cancel(message)
+        for destination in list(self._destinations.values()):
+            destination.abort()
+
+    # IQueueControl
+
+    def flush(self, queueID: str | None) -> Deferred[str]:
+        """
+        Try now: one message, or every message that is not held.
+        """
+        if queueID is not None:
+            message = self._find(queueID)
+            if message.state.held:
+                return succeed(f"{queueID} is held; release it instead")
+            if message.busy:
+                message.flushing = True
+                return succeed(f"{queueID} will be tried again at once")
+            self._start(message)
+            return succeed(f"{queueID} is being delivered")
+        ready = [m for m in self.messages.values() if not m.state.held]
+        for message in ready:
+            message.flushing = message.busy
+            self._start(message)
+        return succeed(f"{len(ready)} messages are being delivered")
+
+    def hold(self, queueID: str) -> Deferred[str]:
+        """
+        Keep a message queued without trying it until it is released.
+        """
+        message = self._find(queueID)
+        _cancel(message)
+        message.state = replace(message.state, held=True)
+        return self._save(message).addCallback(lambda _: f"{queueID} held")
+
+    def release(self, queueID: str) -> Deferred[str]:
+        """
+        Let a held message go, and try it now.
+        """
+        message = self._find(queueID)
+        message.state = replace(message.state, held=False, nextAttempt=0.0)
+        saved = self._save(message)
+        saved.addCallback(lambda _: self._start(message))
+        return saved.addCallback(lambda _: f"{queueID} released")
+
+    def delete(self, queueID: str) -> Deferred[str]:
+        """
+        Remove a message from the queue without telling its sender.
+        """
+        message = self._find(queueID)
+        if message.busy:
+            message.deleting = True
+            return succeed(f"{queueID} will be deleted when its attempt ends")
+        _cancel(message)
+        removing = self._remove(message, "deleted by the administrator")
+        return removing.addCallback(lambda _: f"{queueID} deleted")
+
+    # Scheduling
+
+    def _loaded(self, entries: list[Any]) -> None:
+        for entry in entries:
+            if entry.queueID in self.messages:
+                continue
+            message = _Message(entry.queueID, entry.envelope, entry.state)
+            self.messages[entry.queueID] = message
+            if not message.state.held:
+                self._schedule(message)
+        self.log.info(
+            "relay: {count} messages in the queue", count=len(entries)
+        )
+
+    def _committed(self, queueID: str, envelope: Envelope) -> None:
+        if queueID in self.messages:
+            return
+        message = _Message(queueID, envelope, DeliveryState(recipients={}))
+        self.messages[queueID] = message
+        if self.running:
+            self._start(message)
+
+    def _schedule(self, message: _Message) -> None:
+        _cancel(message)
+        delay = max(0.0, message.state.nextAttempt - self._reactor.seconds())
+        message.timer = self._reactor.callLater(delay, self._start, message)
+
+    def _start(self, message: _Message) -> None:
+        _cancel(message)
+        if message.busy or self._stopping or not self.running:
+            return
+        message.busy = True
+        attempt = Deferred.fromCoroutine(self._attempt(message))
+        attempt.addErrback(self._attemptFailed, message)
+
+    def _attemptFailed(self, failure: Failure, message: _Message) -> None:
+        self.log.failure(
+            "{queueID}: delivery attempt failed",
+            failure,
+            queueID=message.queueID,
+        )
+        message.busy = False
+        if message.queueID in self.messages and not self._stopping:
+            retry = self._reactor.seconds() + self.settings.retryMinimum
+            message.state = replace(message.state, nextAttempt=retry)
+            self._schedule(message)
+
+    def _retryDelay(self, attempts: int) -> float:
+        settings = self.settings
+        exponent = min(max(attempts - 1, 0), 32)
+        delay = min(
+            settings.retryMaximum, settings.retryMinimum * 2.0**exponent
+        )
+        jitter: float = self._random.uniform(1 - JITTER, 1 + JITTER)
+        return delay * jitter
+
+    # One attempt
+
+    async def _attempt(self, message: _Message) -> None:
+        pending = _pending(message)
+        groups: dict[str, list[str]] = {}
+        for recipient in pending:
+            groups.setdefault(self._nextHopOf(recipient), []).append(recipient)
+        results = await gatherResults(
+            [
+                Deferred.fromCoroutine(self._deliver(message, key, group))
+                for key, group in groups.items()
+            ],
+            consumeErrors=True,
+        )
+        updates: dict[str, RecipientState] = {}
+        for result in results:
+            updates.update(result)
+        for recipient, update in updates.items():
+            self._logOutcome(message, recipient, update)
+        await self._record(message, updates)
+
+    def _nextHopOf(self, recipient: str) -> str:
+        if self.settings.mode == "smarthost":
+            return SMARTHOST
+        return recipient.rpartition("@")[2].lower()
+
+    async def _deliver(
+        self, message: _Message, key: str, recipients: list[str]
+    ) -> dict[str, RecipientState]:
+        try:
+            hosts = await self._hostsFor(key)
+        except NextHopError as error:
+            return _failAll(
+                recipients, error.reason, error.status, "", error.permanent
+            )
+        job = _Job(message, tuple(recipients))
+        destination = self._destinations.get(key)
+        if destination is None:
+            destination = self._destinations[key] = _Destination(
+                self, key, self._securityFor(key)
+            )
+        destination.hosts = hosts
+        destination.add(job)
+        return await job.done
+
+    def _hostsFor(self, key: str) -> Deferred[list[Host]]:
+        if key == SMARTHOST:
+            return succeed(list(self.settings.smarthosts))
+        if self._resolver is None:
+            self._resolver = getResolver()
+        return mailHosts(
+            self._resolver, key, self.settings.mxPort, self._random.shuffle
+        )
+
+    def _securityFor(self, key: str) -> str:
+        if key == SMARTHOST:
+            return self.settings.security
+        return "opportunistic"
+
+    def _logOutcome(
+        self, message: _Message, recipient: str, update: RecipientState
+    ) -> None:
+        outcome = {
+            "delivered": "sent",
+            "failed": "bounced",
+            "pending": "deferred",
+        }[update.status]
+        delay = self._reactor.seconds() - message.envelope.received
+        maillog.relayed(
+            message.queueID,
+            recipient,
+            update.remote,
+            outcome,
+            update.dsnStatus,
+            delay,
+            update.reply,
+        )
+
+    async def _record(
+        self, message: _Message, updates: dict[str, RecipientState]
+    ) -> None:
+        now = self._reactor.seconds()
+        state = message.state
+        recipients = {**state.recipients, **updates}
+        state = replace(
+            state,
+            recipients=recipients,
+            attempts=state.attempts + 1,
+            lastAttempt=now,
+        )
+        message.state = state
+        if message.deleting:
+            await self._remove(message, "deleted by the administrator")
+            return
+
+        age = now - message.envelope.received
+        if _pending(message) and age >= self.settings.maxLifetime:
+            message.state = replace(
+                state, recipients={**recipients, **self._expire(message)}
+            )
+        if not _pending(message):
+            await self._finish(message)
+            return
+
+        await self._warnOfDelay(message, now)
+        retry = now + self._retryDelay(message.state.attempts)
+        expiry = message.envelope.received + self.settings.maxLifetime
+        message.state = replace(message.state, nextAttempt=min(retry, expiry))
+        await self._save(message)
+        message.busy = False
+        if message.flushing:
+            message.flushing = False
+            self._start(message)
+        elif not message.state.held and not self._stopping:
+            self._schedule(message)
+
+    def _expire(self, message: _Message) -> dict[str, RecipientState]:
+        days = self.settings.maxLifetime / 86400
+        expired = {}
+        for recipient in _pending(message):
+            last = message.state.recipients.get(recipient, RecipientState())
+            status = last.dsnStatus if last.dsnStatus[:1] == "4" else "4.4.7"
+            reason = f"gave up after {days:g} days in the queue"
+            if last.reply:
+                reason += f"; last reply: {last.reply}"
+            expired[recipient] = replace(
+                last, status="failed", dsnStatus=status, reply=reason
+            )
+            self._logOutcome(message, recipient, expired[recipient])
+        return expired
+
+    async def _finish(self, message: _Message) -> None:
+        failed = [
+            recipient
+            for recipient in message.envelope.recipients
+            if message.state.recipients[recipient].status == "failed"
+        ]
+        if failed and message.envelope.sender:
+            await self._notify(message, failed, "failed")
+        delivered = len(message.envelope.recipients) - len(failed)
+        await self._remove(
+            message, f"delivered {delivered}, failed {len(failed)}"
+        )
+
+    async def _warnOfDelay(self, message: _Message, now: float) -> None:
+        settings = self.settings
+        age = now - message.envelope.received
+        if (
+            not settings.delayWarning
+            or message.state.warned
+            or not message.envelope.sender
+            or age < settings.delayWarning
+        ):
+            return
+        await self._notify(message, list(_pending(message)), "delayed")
+        message.state = replace(message.state, warned=True)
+
+    async def _notify(
+        self, message: _Message, recipients: Sequence[str], action: str
+    ) -> None:
+        now = self._reactor.seconds()
+        until = message.envelope.received + self.settings.maxLifetime
+        reports = [
+            _report(
+                recipient,
+                message.state.recipients[recipient],
+                action,
+                now,
+                until if action == "delayed" else None,
+            )
+            for recipient in recipients
+        ]
+        headers = await self._inPool(self._store.headers, message.queueID)
+        envelope, data = buildReport(
+            message.envelope,
+            message.queueID,
+            reports,
+            headers,
+            self.settings.hostname,
+            now,
+        )
+        writer = self._spool.begin(envelope)
+        writer.write(data)
+        await writer.commit()
+        maillog.notified(
+            message.queueID, writer.queueID, action, message.envelope.sender
+        )
+
+    # Disk
+
+    def _save(self, message: _Message) -> Deferred[None]:
+        state = message.state
+        message.saving = message.saving.addCallback(
+            lambda _: self._inPool(
+                self._store.saveState, message.queueID, state
+            )
+        )
+        return _follow(message.saving)
+
+    def _remove(self, message: _Message, reason: str) -> Deferred[None]:
+        self.messages.pop(message.queueID, None)
+        message.saving = message.saving.addCallback(
+            lambda _: self._inPool(self._store.remove, message.queueID)
+        )
+        message.saving.addCallback(
+            lambda _: maillog.removed(message.queueID, reason)
+        )
+        return _follow(message.saving)
+
+    def _inPool(
+        self, function: Callable[..., _T], *args: object
+    ) -> Deferred[_T]:
+        return deferToThreadPool(self._reactor, self._pool, function, *args)
+
+    def _find(self, queueID: str) -> _Message:
+        message = self.messages.get(queueID)
+        if message is None or message.deleting:
+            raise KeyError(queueID)
+        return message
+
+    # Sessions
+
+    def _mayOpenSession(self) -> bool:
+        return self._sessions < self.settings.connections
+
+    def _sessionOpened(self) -> None:
+        self._sessions += 1
+
+    def _sessionClosed(self, destination: _Destination) -> None:
+        self._sessions -= 1
+        if destination.isIdle():
+            self._destinations.pop(destination.key, None)
+        for waiting in list(self._destinations.values()):
+            waiting.startSessions()
+
+
+class _Destination:
+    """
+    One next hop: the jobs waiting for it and the sessions carrying them.
+
+    @ivar hosts: where to connect, in order.
+    """
+
+    def __init__(self, manager: RelayManager, key: str, security: str) -> None:
+        self.key = key
+        self.hosts: list[Host] = []
+        self._manager = manager
+        self._security = security
+        self._jobs: deque[_Job] = deque()
+        self._idle: deque[Deferred[_Job | None]] = deque()
+        self._sessions: list[SMTPSession] = []
+        self._active = 0
+        self._connecting = 0
+
+    def add(self, job: _Job) -> None:
+        if self._idle:
+            self._idle.popleft().callback(job)
+            return
+        self._jobs.append(job)
+        self.startSessions()
+
+    def startSessions(self) -> None:
+        limit = self._manager.settings.destinationConnections
+        # A session still connecting will take a job of its own.
+        while (
+            len(self._jobs) > self._connecting
+            and self._active < limit
+            and self._manager._mayOpenSession()
+        ):
+            self._active += 1
+            self._manager._sessionOpened()
+            running = Deferred.fromCoroutine(self._run())
+            running.addErrback(
+                lambda failure: self._manager.log.failure(
+                    "relay session to {key} failed", failure, key=self.key
+                )
+            )
+
+    def isIdle(self) -> bool:
+        return not (self._jobs or self._active)
+
+    def abort(self) -> None:
+        for session in self._sessions:
+            session.abort()
+        idle, self._idle = self._idle, deque()
+        for waiter in idle:
+            waiter.callback(None)
+
+    async def _run(self) -> None:
+        try:
+            self._connecting += 1
+            try:
+                session = await self._open()
+            finally:
+                self._connecting -= 1
+        except (DeliveryError, NextHopError) as error:
+            self._failWaiting(error)
+            self._active -= 1
+            self._manager._sessionClosed(self)
+            return
+        self._sessions.append(session)
+        try:
+            await self._carry(session)
+        finally:
+            if session in self._sessions:
+                self._sessions.remove(session)
+            session.quit()
+            self._active -= 1
+            self._manager._sessionClosed(self)
+
+    async def _open(self) -> SMTPSession:
+        failure: DeliveryError | None = None
+        for host in self.hosts:
+            try:
+                return await self._connectTo(host)
+            except DeliveryError as error:
+                self._manager.log.info(
+                    "relay: cannot use {host}: {reason}",
+                    host=str(host),
+                    reason=error.reason,
+                )
+                failure = error
+        if failure is None:
+            raise NextHopError("no host to connect to", "4.4.4", False)
+        raise failure
+
+    async def _connectTo(self, host: Host) -> SMTPSession:
+        connector = self._manager._connector
+        try:
+            return await connector.connect(host, self._security)
+        except DeliveryError as error:
+            # Opportunistic TLS may fall back to plain text once the
+            # handshake failed (RFC 7435 section 5).
+            if not (error.tlsFailed and self._security == "opportunistic"):
+                raise
+        return await connector.connect(host, "none")
+
+    def _failWaiting(self, error: DeliveryError | NextHopError) -> None:
+        # Other sessions still working show the next hop is reachable:
+        # only the jobs no session will take fail with this error.
+        if self._active > 1:
+            count = 1 if self._jobs else 0
+        else:
+            count = len(self._jobs)
+        for _ in range(count):
+            job = self._jobs.popleft()
+            job.done.callback(_errorStates(job.recipients, error, ""))
+
+    async def _carry(self, session: SMTPSession) -> None:
+        while True:
+            job = await self._next()
+            if job is None:
+                return
+            try:
+                outcomes = await session.send(self._outbound(job))
+            except DeliveryError as error:
+                job.done.callback(
+                    _errorStates(job.recipients, error, session.host)
+                )
+                if not error.permanent:
+                    return
+            except OSError as error:
+                reason = f"cannot read the queued message: {error.strerror}"
+                problem = DeliveryError(reason, "4.3.0", False)
+                job.done.callback(_errorStates(job.recipients, problem, ""))
+            else:
+                job.done.callback(_outcomeStates(outcomes, session.host))
+
+    def _next(self) -> Deferred[_Job | None]:
+        if self._jobs:
+            return succeed(self._jobs.popleft())
+        waiter: Deferred[_Job | None] = Deferred()
+        self._idle.append(waiter)
+        reactor = self._manager._reactor
+
+        def giveUp() -> None:
+            if waiter in self._idle:
+                self._idle.remove(waiter)
+                waiter.callback(None)
+
+        timer = reactor.callLater(LINGER, giveUp)
+        waiter.addBoth(_cancelling(timer))
+        return waiter
+
+    def _outbound(self, job: _Job) -> OutboundMessage:
+        manager = self._manager
+        message = job.message
+        path = manager._store.dataPath(message.queueID)
+        data = open(path, "rb")
+        job.done.addBoth(_closing(data))
+        return OutboundMessage(
+            sender=message.envelope.sender,
+            recipients=job.recipients,
+            data=data,
+            size=message.envelope.size,
+            eightBit=message.envelope.body == "8BITMIME",
+        )
+
+
+def _pending(message: _Message) -> tuple[str, ...]:
+    recipients = message.state.recipients
+    return tuple(
+        recipient
+        for recipient in message.envelope.recipients
+        if recipients.get(recipient, RecipientState()).status == "pending"
+    )
+
+
+def _outcomeStates(
+    outcomes: Iterable[RecipientOutcome], host: str
+) -> dict[str, RecipientState]:
+    states = {}
+    for outcome in outcomes:
+        response = outcome.response
+        status, default = {
+            2: ("delivered", "2.0.0"),
+            4: ("pending", "4.0.0"),
+        }.get(response.code // 100, ("failed", "5.0.0"))
+        states[outcome.recipient] = RecipientState(
+            status=status,
+            reply=str(response),
+            dsnStatus=response.status or default,
+            remote=host,
+        )
+    return states
+
+
+def _errorStates(
+    recipients: Iterable[str], error: DeliveryError | NextHopError, host: str
+) -> dict[str, RecipientState]:
+    reply = error.reason
+    response = getattr(error, "response", None)
+    if response is not None:
+        reply = f"{error.reason}: {response}"
+    return _failAll(recipients, reply, error.status, host, error.permanent)
+
+
+def _failAll(
+    recipients: Iterable[str],
+    reply: str,
+    status: str,
+    host: str,
+    permanent: bool,
+) -> dict[str, RecipientState]:
+    state = RecipientState(
+        status="failed" if permanent else "pending",
+        reply=reply,
+        dsnStatus=status,
+        remote=host,
+    )
+    return {recipient: state for recipient in recipients}
+
+
+def _report(
+    recipient: str,
+    state: RecipientState,
+    action: str,
+    now: float,
+    until: float | None,
+) -> RecipientReport:
+    return RecipientReport(
+        recipient=recipient,
+        action=action,
+        status=state.dsnStatus or ("5.0.0" if action == "failed" else "4.0.0"),
+        diagnostic=state.reply if state.remote else "",
+        remoteMTA=state.remote,
+        lastAttempt=now,
+        willRetryUntil=until,
+    )
+
+
+def _cancel(message: _Message) -> None:
+    if message.timer is not None and message.timer.active():
+        message.timer.cancel()
+    message.timer = None
+
+
+def _follow(chain: Deferred[None]) -> Deferred[None]:
+    """
+    @return: a L{Deferred} that fires with C{chain}'s result without
+        taking it from the chain's later callbacks.
+    """
+    follower: Deferred[None] = Deferred()
+
+    def passOn(result: Any) -> Any:
+        if isinstance(result, Failure):
+            follower.errback(result)
+            return None
+        follower.callback(None)
+        return result
+
+    chain.addBoth(passOn)
+    return follower
+
+
+def _cancelling(timer: IDelayedCall) -> Callable[[_T], _T]:
+    def cancel(result: _T) -> _T:
+        if timer.active():
+            timer.cancel()
+        return result
+
+    return cancel
+
+
+def _closing(file: Any) -> Callable[[_T], _T]:
+    def close(result: _T) -> _T:
+        file.close()
+        return result
+
+    return close
