@@ -17,7 +17,11 @@ diagnostics go to standard error.  Times in it:
   - C{setup_ms}: from the start of the connection until the session is
     ready for MAIL (greeting, EHLO, TLS, EHLO again, AUTH);
   - C{elapsed_s}: the whole run, from the first connection attempt to the
-    last session's end; C{msgs_per_s} divides the accepted messages by it.
+    last session's end; C{msgs_per_s} divides the accepted messages by it;
+  - C{started_unix} and C{first_mail_unix}: the wall-clock times (seconds
+    since the epoch) of the first connection attempt and of the first
+    MAIL command, for measuring how long mail takes to reach a relay's
+    next hop.
 
 Percentiles are nearest-rank.  A message the server refuses (a 4xx or 5xx
 reply to MAIL, RCPT, DATA or to the end of data) counts in C{refused}; a
@@ -66,6 +70,8 @@ class Tally:
         that got there.
     @ivar refusals: refused messages by stage and reply code.
     @ivar failures: failed sessions by kind of failure.
+    @ivar firstMail: the wall-clock time (seconds since the epoch) the
+        first MAIL command of the run was written, or L{None} before.
     """
 
     latencies: list[float] = field(default_factory=list)
@@ -75,6 +81,7 @@ class Tally:
     failures: Counter = field(default_factory=Counter)
     pipelined: int = 0
     ready: int = 0
+    firstMail: float | None = None
 
 
 class Connection:
@@ -288,6 +295,8 @@ async def submitAll(connection, options, session: int, tally: Tally) -> None:
     clock = time.perf_counter
 
     for number in range(options.messages):
+        if tally.firstMail is None:
+            tally.firstMail = time.time()
         async with asyncio.timeout(options.timeout):
             refusal = await envelope(connection, options)
             if refusal is not None:
@@ -420,6 +429,7 @@ async def run(options) -> dict:
     tally = Tally()
     gates = Gates(options.sessions, options.setup_concurrency)
     cpuBefore = os.times()
+    startedAt = time.time()
     started = time.perf_counter()
 
     sessions = [
@@ -433,6 +443,7 @@ async def run(options) -> dict:
     elapsed = time.perf_counter() - started
     cpuAfter = os.times()
     cpu = cpuAfter.user + cpuAfter.system - cpuBefore.user - cpuBefore.system
+    firstMail = tally.firstMail
     return {
         "host": options.host,
         "port": options.port,
@@ -457,6 +468,8 @@ async def run(options) -> dict:
         },
         "setup_ms": {"p50": milliseconds(percentile(tally.setups, 0.5))},
         "client_cpu_s": round(cpu, 3),
+        "started_unix": round(startedAt, 4),
+        "first_mail_unix": None if firstMail is None else round(firstMail, 4),
     }
 
 

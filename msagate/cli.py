@@ -363,15 +363,18 @@ def _flushOffline(store: QueueStore, queueID: str | None) -> str:
     if queueID is None:
         return _flushAllOffline(store)
     entry = store.read(queueID)
-    store.saveState(queueID, replace(entry.state, nextAttempt=0))
     if entry.state.held:
         return f"{queueID} is held; release it to have it tried"
+    store.saveState(queueID, replace(entry.state, nextAttempt=0))
     return f"{queueID} will be tried as soon as msagate starts"
 
 
 def _flushAllOffline(store: QueueStore) -> str:
+    # Held messages wait for their release, as with a running server.
     count = 0
     for entry in store.entries():
+        if entry.state.held:
+            continue
         store.saveState(entry.queueID, replace(entry.state, nextAttempt=0))
         count += 1
     messages = "message" if count == 1 else "messages"

@@ -9,7 +9,8 @@ authenticates when credentials are set.  The L{SMTPSession} it gives then
 runs mail transactions, one L{SMTPSession.send} after the other, each
 giving one L{RecipientOutcome} per recipient.  What is done with them
 (retries, bounces, the operator's log) is the relay manager's business:
-this module only notes debug traces, and never an AUTH exchange.
+this module logs nothing, so no command line with credentials can reach a
+log.
 
 Extensions used when the next hop announces them: PIPELINING (RFC 2920),
 SIZE (RFC 1870), 8BITMIME (RFC 6152), STARTTLS (RFC 3207) and AUTH
@@ -48,7 +49,6 @@ from twisted.internet.interfaces import (
 )
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.ssl import optionsForClientTLS
-from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
@@ -265,7 +265,6 @@ class _ClientProtocol(Protocol):
     @ivar handshakeDone: whether its handshake has completed.
     """
 
-    log = Logger()
     # Set by makeConnection, before any method here runs.
     transport: _IClientTransport
 
@@ -355,9 +354,6 @@ class _ClientProtocol(Protocol):
 
     def _replyReceived(self, response: Response) -> None:
         self._lines = []
-        self.log.debug(
-            "{host} replied {response}", host=self.host, response=response
-        )
         waiter, self._waiter = self._waiter, None
         if waiter is not None:
             self._cancelTimer()
@@ -406,16 +402,14 @@ class _ClientProtocol(Protocol):
 
     # Commands and data.
 
-    def sendLines(self, lines: list[str], shown: str | None = None) -> None:
+    def sendLines(self, lines: list[str]) -> None:
         """
-        Send command lines in one write.
+        Send command lines in one write.  Nothing is logged: the lines may
+        hold credentials, and a log line per command would cost more than
+        the command.
 
         @param lines: the commands, without CRLF.
-        @param shown: what the debug log shows instead of the lines, to
-            keep credentials out of it.
         """
-        for line in lines if shown is None else [shown]:
-            self.log.debug("sent {host} {line}", host=self.host, line=line)
         if self.error is None:
             wire = "".join(line + "\r\n" for line in lines)
             self.transport.write(wire.encode("ascii"))
@@ -734,7 +728,6 @@ class SMTPSession:
         return await self._command(
             f"AUTH PLAIN {_base64(message)}",
             "the reply to AUTH PLAIN",
-            shown="AUTH PLAIN (credentials hidden)",
         )
 
     async def _authLogin(self) -> Response:
@@ -744,14 +737,12 @@ class SMTPSession:
         response = await self._command(
             _base64(self._settings.username),
             "the reply to the user name",
-            shown="(user name hidden)",
         )
         if response.code != 334:
             return response
         return await self._command(
             _base64(self._settings.password),
             "the reply to the password",
-            shown="(password hidden)",
         )
 
     # Transactions.
@@ -943,10 +934,8 @@ class SMTPSession:
 
     # Helpers.
 
-    async def _command(
-        self, line: str, what: str, shown: str | None = None
-    ) -> Response:
-        self._protocol.sendLines([line], shown)
+    async def _command(self, line: str, what: str) -> Response:
+        self._protocol.sendLines([line])
         return await self._reply(what)
 
     async def _reply(

@@ -365,6 +365,10 @@ class _Reader:
             problem = f"{values['heloName']!r} is not a fully qualified name"
             self.fail("relay", "helo_name", problem)
         if values["relayUsername"]:
+            # Smarthost credentials are never offered to mail exchangers.
+            if values["relayMode"] != "smarthost":
+                problem = "only for mode = smarthost"
+                self.fail("relay", "username", problem)
             if not values["relayPasswordFile"]:
                 problem = "required when username is set"
                 self.fail("relay", "password_file", problem)

@@ -21,6 +21,7 @@ from msagate._certs import selfSigned
 HOSTNAME = "msa.localhost"
 SUBMISSION_PORT = 2587
 SUBMISSIONS_PORT = 2465
+SMARTHOST_PORT = 2525
 USERS = {
     "alice": "alice@example.org, @sales.example.org",
     "bob": "bob@example.org",
@@ -52,6 +53,16 @@ htpasswd = htpasswd
 
 [senders]
 map = senders
+
+# Accepted mail goes to a smarthost on this machine only, never out to
+# the Internet: until something listens on 127.0.0.1:{smarthost} (for
+# example Postfix's "smtp-sink 127.0.0.1:{smarthost} 10"), it waits in the
+# queue, where "msagate --config msagate.ini queue list" shows it.  Point
+# smarthosts at your outgoing mail server to deliver for real.
+[relay]
+mode = smarthost
+smarthosts = 127.0.0.1:{smarthost}
+security = none
 """
 
 
@@ -75,6 +86,7 @@ def writeDemo(directory: str) -> dict[str, str]:
             hostname=HOSTNAME,
             submission=SUBMISSION_PORT,
             submissions=SUBMISSIONS_PORT,
+            smarthost=SMARTHOST_PORT,
         ).encode(),
     }
     for name, data in files.items():
@@ -116,6 +128,7 @@ def main(argv: list[str]) -> int:
     for user, password in passwords.items():
         print(f"  user {user}, password {password}, may send as {USERS[user]}")
     print(f"(also in {directory}/credentials.txt)")
+    print(f"Accepted mail is relayed to 127.0.0.1:{SMARTHOST_PORT} only.")
     return 0
 
 

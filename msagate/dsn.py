@@ -91,6 +91,9 @@ class RecipientReport:
         user"}, or C{""} when the failure happened here.
     @ivar remoteMTA: the next hop's host name, or C{""} when none was
         reached.
+    @ivar reason: what msagate found, in its own words, when that says
+        more than the diagnostic (a connection refused, a certificate
+        that does not match, a message that stayed too long), or C{""}.
     @ivar lastAttempt: when delivery was last tried, seconds since the
         epoch, or L{None}.
     @ivar willRetryUntil: for a delay, when delivery will be given up,
@@ -102,6 +105,7 @@ class RecipientReport:
     status: str
     diagnostic: str = ""
     remoteMTA: str = ""
+    reason: str = ""
     lastAttempt: float | None = None
     willRetryUntil: float | None = None
 
@@ -300,6 +304,10 @@ def _reasonText(report: RecipientReport) -> str:
     """
     diagnostic = _printable(report.diagnostic, MAX_DIAGNOSTIC)
     remote = _printable(report.remoteMTA, MAX_REMOTE_MTA)
+    ownWords = _printable(report.reason, MAX_DIAGNOSTIC)
+    if ownWords:
+        where = f" (at {remote})" if remote and not diagnostic else ""
+        return f"{ownWords}{where} (status {report.status})."
     if diagnostic:
         server = f"the mail server {remote}" if remote else "the next server"
         return f"{server} answered: {diagnostic}"

@@ -11,7 +11,11 @@ swapped:
   - the realm is a C{twisted.cred} L{IRealm} whose avatars provide
     L{IAccount};
   - an L{ISenderSource} tells the realm which senders a user may use;
-  - the protocol hands each accepted message to an L{ISpool}.
+  - the protocol hands each accepted message to an L{ISpool};
+  - the relay manager reaches next hops through an L{IConnector}, and
+    answers the administrator's requests as an
+    L{msagate.control.IQueueControl};
+  - L{IServerReactor} is what msagate needs of a reactor.
 """
 
 from __future__ import annotations
@@ -34,15 +38,19 @@ if TYPE_CHECKING:
     from twisted.internet.defer import Deferred
 
     from msagate.address import Mailbox
+    from msagate.client import SMTPSession
     from msagate.envelope import Envelope
+    from msagate.nexthop import Host
     from msagate.senders import SenderPermissions
 
 __all__ = [
     "IAccount",
+    "IConnector",
     "ICredentialsChecker",
     "IRealm",
     "ISenderSource",
     "ISpool",
+    "IServerReactor",
     "ISpoolWriter",
     "IUsernamePassword",
     "UnauthorizedLogin",
@@ -145,3 +153,17 @@ class IServerReactor(
     results handed back from its thread pools, TCP connections to next
     hops and the control socket.  The global reactor provides all of it.
     """
+
+
+class IConnector(Interface):
+    """
+    Opens SMTP sessions with next hops.
+    """
+
+    def connect(host: Host, security: str) -> Deferred[SMTPSession]:
+        """
+        @param security: the TLS mode of the session (see
+            L{msagate.client.ClientSettings.security}).
+        @return: a L{Deferred} that fires with a session ready for mail,
+            or fails with L{msagate.client.DeliveryError}.
+        """

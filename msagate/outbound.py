@@ -28,9 +28,10 @@ from twisted.internet.ssl import (
     optionsForClientTLS,
     trustRootFromCertificates,
 )
+from zope.interface import implementer
 
 from msagate.client import ClientSettings, SMTPSession, connectSession
-from msagate.interfaces import IServerReactor
+from msagate.interfaces import IConnector, IServerReactor
 from msagate.nexthop import Host
 
 _PEM_CERTIFICATE = re.compile(
@@ -38,6 +39,7 @@ _PEM_CERTIFICATE = re.compile(
 )
 
 
+@implementer(IConnector)
 class NextHopConnector:
     """
     Opens SMTP sessions with next hops.

@@ -74,12 +74,17 @@ class RecipientState:
     @ivar dsnStatus: the enhanced status code for delivery reports, such
         as C{"4.4.1"}.
     @ivar remote: the next hop that gave the reply.
+    @ivar diagnostic: the next hop's last reply, word for word, for
+        delivery reports; C{""} when no next hop answered.
+    @ivar reported: whether the sender was told of the failure.
     """
 
     status: str = PENDING
     reply: str = ""
     dsnStatus: str = ""
     remote: str = ""
+    diagnostic: str = ""
+    reported: bool = False
 
 
 @dataclass(frozen=True)
@@ -170,7 +175,11 @@ _STATE_FIELDS: dict[str, tuple[type, ...]] = {
     "warned": (bool,),
 }
 _RECIPIENT_FIELDS: dict[str, tuple[type, ...]] = {
-    name: (str,) for name in ("status", "reply", "dsnStatus", "remote")
+    **{
+        name: (str,)
+        for name in ("status", "reply", "dsnStatus", "remote", "diagnostic")
+    },
+    "reported": (bool,),
 }
 
 

@@ -23,7 +23,7 @@ import random
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any, Protocol, TypeVar
+from typing import Any, TypeVar
 
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, gatherResults, succeed
@@ -48,7 +48,7 @@ from msagate.client import (
 from msagate.control import IQueueControl
 from msagate.dsn import RecipientReport, buildReport
 from msagate.envelope import Envelope
-from msagate.interfaces import IServerReactor
+from msagate.interfaces import IConnector, IServerReactor
 from msagate.nexthop import Host, NextHopError, mailHosts
 from msagate.queue import DeliveryState, QueueStore, RecipientState
 from msagate.spool import Spool
@@ -64,20 +64,6 @@ LINGER = 2.0
 JITTER = 0.25
 
 SMARTHOST = ""
-
-
-class IConnector(Protocol):
-    """
-    Opens an SMTP session with a next hop.
-    """
-
-    def connect(self, host: Host, security: str) -> Deferred[SMTPSession]:
-        """
-        @param security: the TLS mode of the session (see
-            L{msagate.client.ClientSettings.security}).
-        @return: a L{Deferred} that fires with a session ready for mail,
-            or fails with L{DeliveryError}.
-        """
 
 
 @dataclass(frozen=True)
@@ -229,7 +215,7 @@ class RelayManager(Service):
         for message in ready:
             message.flushing = message.busy
             self._start(message)
-        return succeed(f"{len(ready)} messages are being delivered")
+        return succeed(f"{_messages(len(ready))} being delivered")
 
     def hold(self, queueID: str) -> Deferred[str]:
         """
@@ -252,8 +238,17 @@ class RelayManager(Service):
 
     def delete(self, queueID: str) -> Deferred[str]:
         """
-        Remove a message from the queue without telling its sender.
+        Remove a message from the queue without telling its sender; also
+        one whose files are damaged, which the manager does not track.
         """
+        if queueID not in self.messages and self._store.exists(queueID):
+            removing = self._inPool(self._store.remove, queueID)
+            removing.addCallback(
+                lambda _: maillog.removed(
+                    queueID, "deleted by the administrator"
+                )
+            )
+            return removing.addCallback(lambda _: f"{queueID} deleted")
         message = self._find(queueID)
         if message.busy:
             message.deleting = True
@@ -273,7 +268,7 @@ class RelayManager(Service):
             if not message.state.held:
                 self._schedule(message)
         self.log.info(
-            "relay: {count} messages in the queue", count=len(entries)
+            "relay: {messages} in the queue", messages=_messages(len(entries))
         )
 
     def _committed(self, queueID: str, envelope: Envelope) -> None:
@@ -298,12 +293,21 @@ class RelayManager(Service):
         attempt.addErrback(self._attemptFailed, message)
 
     def _attemptFailed(self, failure: Failure, message: _Message) -> None:
+        message.busy = False
+        if not self._store.exists(message.queueID):
+            # Its files were removed behind msagate's back.
+            _cancel(message)
+            self.messages.pop(message.queueID, None)
+            self.log.error(
+                "{queueID}: its files left the queue; message forgotten",
+                queueID=message.queueID,
+            )
+            return
         self.log.failure(
             "{queueID}: delivery attempt failed",
             failure,
             queueID=message.queueID,
         )
-        message.busy = False
         if message.queueID in self.messages and not self._stopping:
             retry = self._reactor.seconds() + self.settings.retryMinimum
             message.state = replace(message.state, nextAttempt=retry)
@@ -316,7 +320,7 @@ class RelayManager(Service):
             settings.retryMaximum, settings.retryMinimum * 2.0**exponent
         )
         jitter: float = self._random.uniform(1 - JITTER, 1 + JITTER)
-        return delay * jitter
+        return min(delay * jitter, settings.retryMaximum)
 
     # One attempt
 
@@ -350,9 +354,7 @@ class RelayManager(Service):
         try:
             hosts = await self._hostsFor(key)
         except NextHopError as error:
-            return _failAll(
-                recipients, error.reason, error.status, "", error.permanent
-            )
+            return _errorStates(recipients, error, "")
         job = _Job(message, tuple(recipients))
         destination = self._destinations.get(key)
         if destination is None:
@@ -418,8 +420,12 @@ class RelayManager(Service):
             message.state = replace(
                 state, recipients={**recipients, **self._expire(message)}
             )
+        await self._reportFailures(message)
         if not _pending(message):
-            await self._finish(message)
+            failed = len(_failed(message))
+            delivered = len(message.envelope.recipients) - failed
+            reason = f"delivered {delivered}, failed {failed}"
+            await self._remove(message, reason)
             return
 
         await self._warnOfDelay(message, now)
@@ -449,18 +455,24 @@ class RelayManager(Service):
             self._logOutcome(message, recipient, expired[recipient])
         return expired
 
-    async def _finish(self, message: _Message) -> None:
-        failed = [
+    async def _reportFailures(self, message: _Message) -> None:
+        # Like Postfix, the sender hears of each failure at the end of the
+        # attempt that found it, not when the whole message is done.
+        unreported = [
             recipient
-            for recipient in message.envelope.recipients
-            if message.state.recipients[recipient].status == "failed"
+            for recipient in _failed(message)
+            if not message.state.recipients[recipient].reported
         ]
-        if failed and message.envelope.sender:
-            await self._notify(message, failed, "failed")
-        delivered = len(message.envelope.recipients) - len(failed)
-        await self._remove(
-            message, f"delivered {delivered}, failed {len(failed)}"
-        )
+        if not unreported:
+            return
+        if message.envelope.sender:
+            await self._notify(message, unreported, "failed")
+        recipients = dict(message.state.recipients)
+        for recipient in unreported:
+            recipients[recipient] = replace(
+                recipients[recipient], reported=True
+            )
+        message.state = replace(message.state, recipients=recipients)
 
     async def _warnOfDelay(self, message: _Message, now: float) -> None:
         settings = self.settings
@@ -571,6 +583,7 @@ class _Destination:
         self._sessions: list[SMTPSession] = []
         self._active = 0
         self._connecting = 0
+        self._lastTried = ""
 
     def add(self, job: _Job) -> None:
         if self._idle:
@@ -592,7 +605,9 @@ class _Destination:
             running = Deferred.fromCoroutine(self._run())
             running.addErrback(
                 lambda failure: self._manager.log.failure(
-                    "relay session to {key} failed", failure, key=self.key
+                    "relay session to {destination} failed",
+                    failure,
+                    destination=self.key or "the smarthosts",
                 )
             )
 
@@ -614,7 +629,7 @@ class _Destination:
             finally:
                 self._connecting -= 1
         except (DeliveryError, NextHopError) as error:
-            self._failWaiting(error)
+            self._failWaiting(error, self._lastTried)
             self._active -= 1
             self._manager._sessionClosed(self)
             return
@@ -631,6 +646,7 @@ class _Destination:
     async def _open(self) -> SMTPSession:
         failure: DeliveryError | None = None
         for host in self.hosts:
+            self._lastTried = str(host)
             try:
                 return await self._connectTo(host)
             except DeliveryError as error:
@@ -655,7 +671,9 @@ class _Destination:
                 raise
         return await connector.connect(host, "none")
 
-    def _failWaiting(self, error: DeliveryError | NextHopError) -> None:
+    def _failWaiting(
+        self, error: DeliveryError | NextHopError, host: str
+    ) -> None:
         # Other sessions still working show the next hop is reachable:
         # only the jobs no session will take fail with this error.
         if self._active > 1:
@@ -664,7 +682,7 @@ class _Destination:
             count = len(self._jobs)
         for _ in range(count):
             job = self._jobs.popleft()
-            job.done.callback(_errorStates(job.recipients, error, ""))
+            job.done.callback(_errorStates(job.recipients, error, host))
 
     async def _carry(self, session: SMTPSession) -> None:
         while True:
@@ -726,6 +744,19 @@ def _pending(message: _Message) -> tuple[str, ...]:
     )
 
 
+def _messages(count: int) -> str:
+    return "1 message" if count == 1 else f"{count} messages"
+
+
+def _failed(message: _Message) -> tuple[str, ...]:
+    recipients = message.state.recipients
+    return tuple(
+        recipient
+        for recipient in message.envelope.recipients
+        if recipients.get(recipient, RecipientState()).status == "failed"
+    )
+
+
 def _outcomeStates(
     outcomes: Iterable[RecipientOutcome], host: str
 ) -> dict[str, RecipientState]:
@@ -741,6 +772,7 @@ def _outcomeStates(
             reply=str(response),
             dsnStatus=response.status or default,
             remote=host,
+            diagnostic=str(response),
         )
     return states
 
@@ -748,25 +780,22 @@ def _outcomeStates(
 def _errorStates(
     recipients: Iterable[str], error: DeliveryError | NextHopError, host: str
 ) -> dict[str, RecipientState]:
+    """
+    @return: the state of each recipient when the whole attempt failed:
+        C{reply} says why in msagate's words, with the next hop's reply
+        when one caused it, which is also the report's diagnostic.
+    """
     reply = error.reason
     response = getattr(error, "response", None)
-    if response is not None:
-        reply = f"{error.reason}: {response}"
-    return _failAll(recipients, reply, error.status, host, error.permanent)
-
-
-def _failAll(
-    recipients: Iterable[str],
-    reply: str,
-    status: str,
-    host: str,
-    permanent: bool,
-) -> dict[str, RecipientState]:
+    diagnostic = "" if response is None else str(response)
+    if diagnostic:
+        reply = f"{error.reason}: {diagnostic}"
     state = RecipientState(
-        status="failed" if permanent else "pending",
+        status="failed" if error.permanent else "pending",
         reply=reply,
-        dsnStatus=status,
+        dsnStatus=error.status,
         remote=host,
+        diagnostic=diagnostic,
     )
     return {recipient: state for recipient in recipients}
 
@@ -782,8 +811,9 @@ def _report(
         recipient=recipient,
         action=action,
         status=state.dsnStatus or ("5.0.0" if action == "failed" else "4.0.0"),
-        diagnostic=state.reply if state.remote else "",
+        diagnostic=state.diagnostic,
         remoteMTA=state.remote,
+        reason="" if state.reply == state.diagnostic else state.reply,
         lastAttempt=now,
         willRetryUntil=until,
     )

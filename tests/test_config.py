@@ -224,10 +224,23 @@ def test_configIsFrozen(tmp_path: Path) -> None:
         ({"relay": {"smarthosts": "mail:0"}}, "relay", "smarthosts"),
         ({"relay": {"smarthosts": "[2001:db8::1"}}, "relay", "smarthosts"),
         ({"relay": {"security": "tls"}}, "relay", "security"),
-        ({"relay": {"username": "msa"}}, "relay", "password_file"),
+        ({"relay": {"username": "msa"}}, "relay", "username"),
         (
             {
                 "relay": {
+                    "mode": "smarthost",
+                    "smarthosts": "mail",
+                    "username": "msa",
+                }
+            },
+            "relay",
+            "password_file",
+        ),
+        (
+            {
+                "relay": {
+                    "mode": "smarthost",
+                    "smarthosts": "mail",
                     "username": "msa",
                     "password_file": "pw",
                     "security": "opportunistic",

@@ -22,6 +22,7 @@ from hypothesis import strategies as st
 
 from msagate import dsn
 from msagate.dsn import (
+    FAILED,
     MAX_DIAGNOSTIC,
     MAX_LINE,
     MAX_RETURNED_HEADER,
@@ -638,3 +639,34 @@ def test_alwaysWellFormed(
     assert len(parts(data)) == 3
     assert len(statusGroups(data)) == 3
     assert envelope.body == ("7BIT" if data.isascii() else "8BITMIME")
+
+
+def test_humanTextInMsagatesWords() -> None:
+    """
+    A reason in msagate's own words (a refused connection, a message that
+    stayed too long) is what the text for people gives, with the host it
+    concerns when no reply came from it; the delivery-status part keeps
+    the next hop's reply as the diagnostic.
+    """
+    unreachable = RecipientReport(
+        "bob@example.net",
+        FAILED,
+        "4.4.1",
+        remoteMTA="mx.example.net:25",
+        reason="connection refused",
+    )
+    expired = RecipientReport(
+        "carol@example.net",
+        FAILED,
+        "4.2.0",
+        diagnostic="451 4.2.0 try later",
+        remoteMTA="mx.example.net:25",
+        reason="gave up after 5 days in the queue",
+    )
+    _, data = build(unreachable, expired)
+
+    text = humanText(data)
+    assert "connection refused (at mx.example.net:25) (status 4.4.1)" in text
+    assert "gave up after 5 days in the queue (status 4.2.0)" in text
+    status = parts(data)[1].as_string()
+    assert "Diagnostic-Code: smtp; 451 4.2.0 try later" in status

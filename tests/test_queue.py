@@ -125,6 +125,8 @@ def test_stateJSONIsReadable() -> None:
         "reply": "451 4.2.0 try later",
         "dsnStatus": "4.2.0",
         "remote": "mx.example.com",
+        "diagnostic": "",
+        "reported": False,
     }
 
 

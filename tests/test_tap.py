@@ -174,7 +174,7 @@ def test_submitThroughTwistd(serverFiles):
 def test_demoConfiguration(tmp_path):
     """
     The demonstration set-up that C{make run} writes loads as a valid
-    configuration with a usable certificate.
+    configuration with a usable certificate, and relays to loopback only.
     """
     passwords = writeDemo(str(tmp_path))
     config = loadConfig(str(tmp_path / "msagate.ini"))
@@ -185,6 +185,8 @@ def test_demoConfiguration(tmp_path):
     ]
     serverOptions(config.certificate, config.key)
     assert oct(os.stat(tmp_path / "key.pem").st_mode & 0o777) == "0o600"
+    assert config.relayMode == "smarthost"
+    assert [host.name for host in config.smarthosts] == ["127.0.0.1"]
 
 
 def test_certificateChain(tmp_path):
