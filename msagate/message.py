@@ -31,12 +31,14 @@ from __future__ import annotations
 import ipaddress
 import re
 import secrets
+from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.errors import InvalidHeaderDefect
 from email.headerregistry import AddressHeader, HeaderRegistry
 from email.utils import format_datetime
+from functools import lru_cache
 from typing import cast
 
 from msagate.address import (
@@ -118,7 +120,8 @@ class HeaderSection:
 
     @ivar fields: the fields in their order, as pairs of the field name
         (spelled as received) and the raw field: the name, the colon, the
-        value and every continuation line, each line ending in CRLF.
+        value and every continuation line, each line ending in CRLF.  A
+        header section does not change once made.
     """
 
     def __init__(self, fields: Iterable[tuple[str, bytes]]) -> None:
@@ -126,6 +129,7 @@ class HeaderSection:
         @param fields: the value of L{fields}.
         """
         self.fields = list(fields)
+        self._counts = Counter(name.lower() for name, _ in self.fields)
 
     @classmethod
     def parse(cls, data: bytes) -> HeaderSection:
@@ -161,8 +165,7 @@ class HeaderSection:
         @param name: a field name, in any case.
         @return: how many fields have that name.
         """
-        wanted = name.lower()
-        return sum(1 for found, _ in self.fields if found.lower() == wanted)
+        return self._counts[name.lower()]
 
     def values(self, name: str) -> list[str]:
         """
@@ -174,7 +177,9 @@ class HeaderSection:
             with undecodable bytes kept as surrogate escapes.
         """
         wanted = name.lower()
-        values = []
+        values: list[str] = []
+        if not self._counts[wanted]:
+            return values
         for found, raw in self.fields:
             if found.lower() == wanted:
                 text = raw.decode("utf-8", "surrogateescape")
@@ -500,7 +505,13 @@ def formatDate(now: float) -> str:
     @return: an RFC 5322 date-time in UTC with a numeric zone and a
         four-digit year, such as C{Thu, 03 Dec 2026 17:10:09 +0000}.
     """
-    return format_datetime(datetime.fromtimestamp(now, UTC))
+    return _formatSecond(int(now))
+
+
+@lru_cache(maxsize=4)
+def _formatSecond(second: int) -> str:
+    # Every message of the same second shares one formatted value.
+    return format_datetime(datetime.fromtimestamp(second, UTC))
 
 
 def makeMessageID(host: str, now: float) -> str:

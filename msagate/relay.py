@@ -170,6 +170,8 @@ class RelayManager(Service):
         self._destinations: dict[str, _Destination] = {}
         self._sessions = 0
         self._stopping = False
+        self._removals: list[tuple[str, Deferred[None]]] = []
+        self._removing = False
         spool.addObserver(self._committed)
 
     def startService(self) -> None:
@@ -532,12 +534,38 @@ class RelayManager(Service):
     def _remove(self, message: _Message, reason: str) -> Deferred[None]:
         self.messages.pop(message.queueID, None)
         message.saving = message.saving.addCallback(
-            lambda _: self._inPool(self._store.remove, message.queueID)
+            lambda _: self._removeFiles(message.queueID)
         )
         message.saving.addCallback(
             lambda _: maillog.removed(message.queueID, reason)
         )
         return _follow(message.saving)
+
+    def _removeFiles(self, queueID: str) -> Deferred[None]:
+        # Removals wait for each other and go to the pool together: under
+        # load, one trip to the pool removes many delivered messages.
+        removed: Deferred[None] = Deferred()
+        self._removals.append((queueID, removed))
+        if len(self._removals) == 1 and not self._removing:
+            self._removeWaiting()
+        return removed
+
+    def _removeWaiting(self) -> None:
+        batch, self._removals = self._removals, []
+        self._removing = True
+        removing = self._inPool(_removeAll, self._store, [q for q, _ in batch])
+
+        def removed(problems: list[Exception | None]) -> None:
+            self._removing = False
+            for (_, done), problem in zip(batch, problems, strict=True):
+                if problem is None:
+                    done.callback(None)
+                else:
+                    done.errback(Failure(problem))
+            if self._removals:
+                self._removeWaiting()
+
+        removing.addCallback(removed)
 
     def _inPool(
         self, function: Callable[..., _T], *args: object
@@ -742,6 +770,26 @@ def _pending(message: _Message) -> tuple[str, ...]:
         for recipient in message.envelope.recipients
         if recipients.get(recipient, RecipientState()).status == "pending"
     )
+
+
+def _removeAll(
+    store: QueueStore, queueIDs: list[str]
+) -> list[Exception | None]:
+    """
+    Remove messages from C{store}.
+
+    @return: for each message, L{None} or the exception that stopped its
+        removal.
+    """
+    problems: list[Exception | None] = []
+    for queueID in queueIDs:
+        try:
+            store.remove(queueID)
+        except Exception as problem:
+            problems.append(problem)
+        else:
+            problems.append(None)
+    return problems
 
 
 def _messages(count: int) -> str:

@@ -44,6 +44,10 @@ from msagate.interfaces import ISpool, ISpoolWriter
 INCOMING = "incoming"
 QUEUE = "queue"
 DATA_SUFFIX = ".eml"
+
+# The size up to which a message being received is kept in memory: most
+# messages then reach the disk in one step, at commit.
+MEMORY_LIMIT = 256 * 1024
 ENVELOPE_SUFFIX = ".json"
 STATE_SUFFIX = ".state"
 TEMPORARY_SUFFIX = ".tmp"
@@ -125,15 +129,19 @@ class Spool:
 
     def begin(self, envelope: Envelope) -> SpoolWriter:
         """
-        Start storing one message; its file is created in the pool, and
-        what is written before it exists waits in memory.
+        Start storing one message.  It waits in memory until it grows past
+        L{MEMORY_LIMIT}, when its file is created in the pool; a smaller
+        message is written, made durable and committed in one go.
         """
-        queueID = newQueueID()
-        path = os.path.join(self.path, INCOMING, queueID + DATA_SUFFIX)
-        opening = deferToThreadPool(
-            self._reactor, self._pool, _createExclusive, path
+        return SpoolWriter(self, newQueueID(), envelope)
+
+    def _create(self, writer: SpoolWriter) -> Deferred[BinaryIO]:
+        return deferToThreadPool(
+            self._reactor, self._pool, _createExclusive, self._incoming(writer)
         )
-        return SpoolWriter(self, queueID, opening, envelope)
+
+    def _incoming(self, writer: SpoolWriter) -> str:
+        return os.path.join(self.path, INCOMING, writer.queueID + DATA_SUFFIX)
 
     def _commit(self, writer: SpoolWriter) -> Deferred[None]:
         committing = deferToThreadPool(
@@ -154,15 +162,28 @@ class Spool:
     def _commitInThread(self, writer: SpoolWriter) -> None:
         incoming = os.path.join(self.path, INCOMING, writer.queueID)
         queued = os.path.join(self.path, QUEUE, writer.queueID)
-        assert writer._file is not None
+        # What to remove should the commit fail: only files of this
+        # message, never those of another with the same queue ID.
+        ours = [incoming] if writer._file is not None else []
         try:
+            if writer._file is None:
+                # The reactor thread no longer touches a committed message.
+                writer._file = _createExclusive(incoming + DATA_SUFFIX)
+                ours.append(incoming)
+                writer._file.write(writer._early)
             _syncAndClose(writer._file)
             _writeDurably(incoming + ENVELOPE_SUFFIX, writer.envelope.toJSON())
-            os.rename(incoming + DATA_SUFFIX, queued + DATA_SUFFIX)
+            # A link, unlike a rename, never replaces a committed message
+            # that happens to have the same queue ID.
+            os.link(incoming + DATA_SUFFIX, queued + DATA_SUFFIX)
+            ours.append(queued)
+            os.unlink(incoming + DATA_SUFFIX)
             os.rename(incoming + ENVELOPE_SUFFIX, queued + ENVELOPE_SUFFIX)
             _syncDirectory(os.path.join(self.path, QUEUE))
         except BaseException:
-            for path in (incoming, queued):
+            if writer._file is not None:
+                writer._file.close()
+            for path in ours:
                 self._discard(path + ENVELOPE_SUFFIX)
                 self._discard(path + DATA_SUFFIX)
             raise
@@ -211,13 +232,7 @@ class SpoolWriter:
     @ivar size: the octets written so far.
     """
 
-    def __init__(
-        self,
-        spool: Spool,
-        queueID: str,
-        opening: Deferred[BinaryIO],
-        envelope: Envelope,
-    ) -> None:
+    def __init__(self, spool: Spool, queueID: str, envelope: Envelope) -> None:
         self.queueID = queueID
         self.envelope = envelope
         self.size = 0
@@ -226,9 +241,7 @@ class SpoolWriter:
         self._early = bytearray()
         self._problem: OSError | None = None
         self._aborted = False
-        self._opened: Deferred[None] = opening.addCallbacks(
-            self._fileCreated, self._fileNotCreated
-        )
+        self._opened: Deferred[None] | None = None
 
     def write(self, data: bytes) -> None:
         """
@@ -240,6 +253,10 @@ class SpoolWriter:
             raise self._problem
         if self._file is None:
             self._early += data
+            if len(self._early) > MEMORY_LIMIT and self._opened is None:
+                self._opened = self._spool._create(self).addCallbacks(
+                    self._fileCreated, self._fileNotCreated
+                )
         else:
             self._file.write(data)
         self.size += len(data)
@@ -249,6 +266,8 @@ class SpoolWriter:
         Make the message durable; see L{ISpoolWriter.commit}.
         """
         self.envelope = replace(self.envelope, size=self.size)
+        if self._opened is None:
+            return self._spool._commit(self)
         return self._opened.addCallback(lambda _: self._commitCreated())
 
     def abort(self) -> None:
@@ -256,6 +275,7 @@ class SpoolWriter:
         Throw the message away, now or once its file exists.
         """
         self._aborted = True
+        self._early = bytearray()
         if self._file is not None:
             self._spool._abort(self)
 

@@ -4,11 +4,14 @@ that msagate relays to, and records what it receives.
 
 It runs in the test reactor, on 127.0.0.1 and a free port::
 
-    sink = inReactor(startSink)            # or startSink(tlsOptions=...)
-    sink.pipelining = False                # behaviour, set between sessions
-    ...                                    # connect to sink.port
-    [message] = sink.waitForMessages(1)    # from the main thread
+    sink = inReactor(startSink, tlsOptions=serverTLS(authority))
+    sink.configure(pipelining=False)       # behaviour, between sessions
+    inReactor(deliver, plainEndpoint(sink), [message], settings)
+    [received] = sink.waitForMessages(1)   # from the main thread
     inReactor(sink.stop)
+
+L{deliver} runs msagate's own client (L{msagate.client}) against it; any
+other client may connect to C{sink.port} as well.
 
 What it speaks: EHLO and HELO, PIPELINING (input is handled in order, line
 by line), SIZE, 8BITMIME, STARTTLS, AUTH PLAIN and LOGIN, MAIL, RCPT,

@@ -87,6 +87,9 @@ def outcome(deferred: defer.Deferred):
 
 
 def codes(outcomes) -> list[tuple[str, int]]:
+    """
+    @return: each recipient with the code of the reply that decided.
+    """
     return [(o.recipient, o.response.code) for o in outcomes]
 
 
@@ -150,6 +153,9 @@ class NextHop:
         return self.take()
 
     def take(self) -> bytes:
+        """
+        @return: what the client wrote since the last call.
+        """
         written = self.transport.value()
         self.transport.clear()
         self.transport.writes.clear()
@@ -803,6 +809,10 @@ class TestQuit:
 
 class TestAuth:
     def authSession(self, ehlo: bytes, **options) -> NextHop:
+        """
+        Set up a session under implicit TLS with credentials, up to the
+        client's first AUTH line, kept as C{hop.auth}.
+        """
         settings = replace(
             SETTINGS, security="implicit", username="relay", password=PASSWORD
         )
@@ -890,6 +900,12 @@ class TestAuth:
 
 class TestStartTLS:
     def tlsSession(self, security: str = "starttls") -> tuple[NextHop, list]:
+        """
+        Greet a client in C{security} mode.
+
+        @return: the next hop, and the host names TLS creators were asked
+            for.
+        """
         creators = []
 
         def creator(host):
@@ -1002,6 +1018,10 @@ def trusting(authority: CertificateAuthority):
 
 
 def verified(authority, **options) -> ClientSettings:
+    """
+    @return: settings that require STARTTLS and verify the next hop with
+        C{authority}.
+    """
     return replace(
         SETTINGS,
         security="starttls",
@@ -1047,8 +1067,9 @@ class TestLoopback:
                 verified(authority),
                 globalReactor,
             )
+            description = session.describeTLS()
             await session.quit()
-            return session.describeTLS()
+            return description
 
         description = inReactor(
             lambda: defer.Deferred.fromCoroutine(describe())

@@ -22,7 +22,7 @@ from twisted.python.threadpool import ThreadPool
 
 import msagate.spool
 from msagate.envelope import FORMAT_VERSION, Envelope
-from msagate.spool import Spool, newQueueID
+from msagate.spool import MEMORY_LIMIT, Spool, newQueueID
 from msagate.testing import ThreadResults
 
 ENVELOPE = Envelope(
@@ -318,16 +318,20 @@ def test_commitStoresDataAndEnvelope(spool: Spool, reactor) -> None:
 
 def test_dataIsInIncomingUntilCommit(spool: Spool, reactor) -> None:
     """
-    A message being written lives in incoming/, created by the pool, and
-    is not queued.
+    A message larger than L{MEMORY_LIMIT} lives in incoming/ while it is
+    written, in a file the pool created, and is not queued; a smaller one
+    stays in memory until its commit.
     """
-    writer = spool.begin(ENVELOPE)
-    writer.write(b"x")
+    small = spool.begin(ENVELOPE)
+    small.write(b"x")
+    big = spool.begin(ENVELOPE)
+    big.write(b"x" * (MEMORY_LIMIT + 1))
     reactor.runOne()
-    assert listing(spool, "incoming") == [writer.queueID + ".eml"]
+    assert listing(spool, "incoming") == [big.queueID + ".eml"]
     assert listing(spool, "queue") == []
     assert spool.queued() == []
-    writer.abort()
+    big.abort()
+    small.abort()
 
 
 def test_filesArePrivate(spool: Spool, reactor) -> None:
@@ -336,10 +340,10 @@ def test_filesArePrivate(spool: Spool, reactor) -> None:
     0600), while incoming and once queued.
     """
     writer = spool.begin(ENVELOPE)
+    writer.write(b"x" * (MEMORY_LIMIT + 1))
     reactor.runOne()
     path = Path(spool.path) / "incoming" / (writer.queueID + ".eml")
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
-    writer.write(b"x")
     reactor.outcomeOf(writer.commit())
     for suffix in (".eml", ".json"):
         path = Path(spool.path) / "queue" / (writer.queueID + suffix)
@@ -348,15 +352,20 @@ def test_filesArePrivate(spool: Spool, reactor) -> None:
 
 def test_abortRemovesTheMessage(spool: Spool, reactor) -> None:
     """
-    abort leaves nothing of the message in the spool, whether its file
-    was created before or after the abort.
+    abort leaves nothing of the message in the spool, whether it was only
+    in memory, its file was being created, or its file existed.
     """
+    small = spool.begin(ENVELOPE)
+    small.write(b"unwanted")
+    small.abort()
+
     early = spool.begin(ENVELOPE)
-    early.write(b"unwanted")
+    early.write(b"x" * (MEMORY_LIMIT + 1))
     early.abort()
     reactor.runOne()
 
     late = spool.begin(ENVELOPE)
+    late.write(b"x" * (MEMORY_LIMIT + 1))
     reactor.runOne()
     late.write(b"unwanted")
     late.abort()
@@ -367,21 +376,29 @@ def test_abortRemovesTheMessage(spool: Spool, reactor) -> None:
 def test_queueIDInUse(spool: Spool, reactor, monkeypatch) -> None:
     """
     A queue ID that is already in use fails the new message and leaves
-    the other one alone.
+    the other one alone, committed or not.
     """
     monkeypatch.setattr(msagate.spool, "newQueueID", lambda: "00000000AAAAA")
     first = spool.begin(ENVELOPE)
     first.write(b"first")
-    reactor.runOne()
+    reactor.outcomeOf(first.commit())
     second = spool.begin(ENVELOPE)
     second.write(b"second")
     failure = reactor.outcomeOf(second.commit())
     assert isinstance(failure, Failure) and failure.check(FileExistsError)
-
-    reactor.outcomeOf(first.commit())
     assert spool.queued() == ["00000000AAAAA"]
     data = (Path(spool.path) / "queue" / "00000000AAAAA.eml").read_bytes()
     assert data == b"first"
+
+    big = spool.begin(ENVELOPE)
+    big.write(b"x" * (MEMORY_LIMIT + 1))
+    reactor.runOne()
+    third = spool.begin(ENVELOPE)
+    third.write(b"third")
+    failure = reactor.outcomeOf(third.commit())
+    assert isinstance(failure, Failure) and failure.check(FileExistsError)
+    assert listing(spool, "incoming") == ["00000000AAAAA.eml"]
+    big.abort()
 
 
 def test_queuedOldestFirst(spool: Spool, reactor, monkeypatch) -> None:
@@ -433,17 +450,17 @@ def failOnCall(monkeypatch, name: str, failing: int) -> list[int]:
         ("fsync", 1),
         ("fsync", 2),
         ("fsync", 3),
+        ("link", 1),
         ("rename", 1),
-        ("rename", 2),
     ],
 )
 def test_failedCommitLeavesNothing(
     spool: Spool, reactor, monkeypatch, name: str, failing: int
 ) -> None:
     """
-    A commit that fails at any step (data fsync, envelope fsync, either
-    rename, directory fsync) fails its Deferred and leaves nothing behind
-    (SMTP-35).
+    A commit that fails at any step (data fsync, envelope fsync, the
+    data's link into the queue, the envelope's rename, directory fsync)
+    fails its Deferred and leaves nothing behind (SMTP-35).
     """
     writer = spool.begin(ENVELOPE)
     writer.write(b"doomed")
@@ -477,15 +494,14 @@ def test_failedCommitKeepsOthers(spool: Spool, reactor, monkeypatch) -> None:
 
 def test_commitRunsInThePool(spool: Spool, reactor) -> None:
     """
-    The file's creation and the commit's work are done in the pool: the
-    Deferred fires only once the reactor runs both calls the pool thread
-    handed back.
+    A small message reaches the disk in one call to the pool, which
+    creates, writes and commits it: the Deferred fires once the reactor
+    runs the call the pool thread handed back, and not before.
     """
     writer = spool.begin(ENVELOPE)
     writer.write(b"x")
     outcome: list[object] = []
     writer.commit().addBoth(outcome.append)
-    reactor.runOne()
     assert outcome == []
     reactor.runOne()
     assert outcome == [None]
