@@ -12,7 +12,6 @@ names the file, the section and the option.
 from __future__ import annotations
 
 import configparser
-import ipaddress
 import math
 import os
 import socket
@@ -22,7 +21,7 @@ from typing import Any, NoReturn, TypeVar
 
 from msagate.address import defaultPostmaster, isDomain, parseMailbox
 from msagate.errors import ConfigError
-from msagate.nexthop import Host, parseHosts
+from msagate.nexthop import Host, isIPAddress, parseHosts
 from msagate.senders import checkDelimiter
 
 LISTENER_PREFIX = "listener:"
@@ -456,17 +455,6 @@ class _Reader:
             allowed = ", ".join(option.choices)
             self.fail(section, option.name, f"must be one of {allowed}")
         return text
-
-
-def isIPAddress(text: str) -> bool:
-    """
-    @return: whether C{text} is an IPv4 or IPv6 address.
-    """
-    try:
-        ipaddress.ip_address(text)
-    except ValueError:
-        return False
-    return True
 
 
 def _describe(error: Exception) -> str:

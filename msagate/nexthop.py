@@ -203,7 +203,7 @@ def _bracketedName(entry: str, inner: str) -> str:
     """
     if inner[:5].lower() == "ipv6:" and isAddressLiteral(f"[{inner}]"):
         return str(ipaddress.IPv6Address(inner[5:]))
-    if _isIPAddress(inner):
+    if isIPAddress(inner):
         return str(ipaddress.ip_address(inner))
     return _hostName(entry, inner)
 
@@ -215,12 +215,12 @@ def _hostName(entry: str, name: str) -> str:
     @raise ValueError: when it is neither.
     """
     name = name.removesuffix(".")
-    if _isIPAddress(name) or (isDomain(name) and not _looksNumeric(name)):
+    if isIPAddress(name) or (isDomain(name) and not _looksNumeric(name)):
         return name
     raise ValueError(f"bad host name in host {entry!r}")
 
 
-def _isIPAddress(text: str) -> bool:
+def isIPAddress(text: str) -> bool:
     """
     @return: whether C{text} is an IPv4 or IPv6 address, without a zone
         index (RFC 4007 section 11: it means nothing beyond one host).
@@ -347,7 +347,7 @@ def _exchange(record: dns.Record_MX) -> str | None:
         name = record.name.name.decode("ascii").removesuffix(".")
     except UnicodeDecodeError:
         return None
-    if name == "" or isDomain(name) or _isIPAddress(name):
+    if name == "" or isDomain(name) or isIPAddress(name):
         return name
     return None
 

@@ -38,7 +38,8 @@ from msagate.spool import (
     QUEUE,
     STATE_SUFFIX,
     TEMPORARY_SUFFIX,
-    _syncDirectory,
+    syncDirectory,
+    writeDurably,
 )
 
 STATE_FORMAT_VERSION = 1
@@ -379,12 +380,17 @@ class QueueStore:
         path = base + STATE_SUFFIX
         temporary = path + TEMPORARY_SUFFIX
         try:
-            _writeDurably(temporary, state.toJSON(), self.queuePath)
+            writeDurably(
+                temporary,
+                state.toJSON(),
+                replacing=True,
+                prepare=lambda fd: _giveToOwner(fd, self.queuePath),
+            )
             os.rename(temporary, path)
         except BaseException:
             _unlinkIfPresent(temporary)
             raise
-        _syncDirectory(self.queuePath)
+        syncDirectory(self.queuePath)
 
     def remove(self, queueID: str) -> None:
         """
@@ -505,18 +511,6 @@ def _giveToOwner(fd: int, directory: str) -> None:
         return
     owner = os.stat(directory)
     os.fchown(fd, owner.st_uid, owner.st_gid)
-
-
-def _writeDurably(path: str, data: bytes, directory: str) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        _giveToOwner(fd, directory)
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view) :]
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _unlinkIfPresent(path: str) -> None:

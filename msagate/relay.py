@@ -12,16 +12,14 @@ failed ones is itself durably queued (RFC 5321 section 6.1).  A crash at
 any point therefore repeats work (at-least-once delivery), never loses it.
 
 Recipients are grouped by next hop: one group for the smarthosts, or one
-per recipient domain in MX mode.  Each next hop is a L{_Destination} with a
-queue of jobs and a bounded number of sessions, which carry one job after
-another over the same connection while there is work.
+per recipient domain in MX mode; L{msagate.destination} carries each
+group's job to its next hop.
 """
 
 from __future__ import annotations
 
 import random
-from collections import deque
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, TypeVar
 
@@ -39,13 +37,8 @@ from twisted.python.threadpool import ThreadPool
 from zope.interface import implementer
 
 from msagate import maillog
-from msagate.client import (
-    DeliveryError,
-    OutboundMessage,
-    RecipientOutcome,
-    SMTPSession,
-)
 from msagate.control import IQueueControl
+from msagate.destination import Job, NextHops, errorStates
 from msagate.dsn import RecipientReport, buildReport
 from msagate.envelope import Envelope
 from msagate.interfaces import IConnector, IServerReactor
@@ -54,10 +47,6 @@ from msagate.queue import DeliveryState, QueueStore, RecipientState
 from msagate.spool import Spool
 
 _T = TypeVar("_T")
-
-# How long an idle outbound connection waits for another message to the
-# same next hop before it says QUIT.
-LINGER = 2.0
 
 # The share of a retry delay that is random, so that messages deferred
 # together do not come back together.
@@ -124,19 +113,6 @@ class _Message:
     saving: Deferred[None] = field(default_factory=lambda: succeed(None))
 
 
-@dataclass
-class _Job:
-    """
-    Some recipients of one message, bound for one next hop.
-
-    @ivar done: fires with the new state of each recipient.
-    """
-
-    message: _Message
-    recipients: tuple[str, ...]
-    done: Deferred[dict[str, RecipientState]] = field(default_factory=Deferred)
-
-
 @implementer(IQueueControl)
 class RelayManager(Service):
     """
@@ -162,13 +138,16 @@ class RelayManager(Service):
         self.messages: dict[str, _Message] = {}
         self._store = store
         self._spool = spool
-        self._connector = connector
         self._pool = pool
         self._reactor = reactor
         self._resolver = resolver
         self._random = randomness or random.Random()
-        self._destinations: dict[str, _Destination] = {}
-        self._sessions = 0
+        self._nextHops = NextHops(
+            connector,
+            reactor,
+            settings.destinationConnections,
+            settings.connections,
+        )
         self._stopping = False
         self._removals: list[tuple[str, Deferred[None]]] = []
         self._removing = False
@@ -195,8 +174,7 @@ class RelayManager(Service):
         self._stopping = True
         for message in self.messages.values():
             _cancel(message)
-        for destination in list(self._destinations.values()):
-            destination.abort()
+        self._nextHops.abort()
 
     # IQueueControl
 
@@ -356,15 +334,16 @@ class RelayManager(Service):
         try:
             hosts = await self._hostsFor(key)
         except NextHopError as error:
-            return _errorStates(recipients, error, "")
-        job = _Job(message, tuple(recipients))
-        destination = self._destinations.get(key)
-        if destination is None:
-            destination = self._destinations[key] = _Destination(
-                self, key, self._securityFor(key)
-            )
-        destination.hosts = hosts
-        destination.add(job)
+            return errorStates(recipients, error, "")
+        envelope = message.envelope
+        job = Job(
+            sender=envelope.sender,
+            recipients=tuple(recipients),
+            dataPath=self._store.dataPath(message.queueID),
+            size=envelope.size,
+            eightBit=envelope.body == "8BITMIME",
+        )
+        self._nextHops.send(key, self._securityFor(key), hosts, job)
         return await job.done
 
     def _hostsFor(self, key: str) -> Deferred[list[Host]]:
@@ -578,197 +557,24 @@ class RelayManager(Service):
             raise KeyError(queueID)
         return message
 
-    # Sessions
-
-    def _mayOpenSession(self) -> bool:
-        return self._sessions < self.settings.connections
-
-    def _sessionOpened(self) -> None:
-        self._sessions += 1
-
-    def _sessionClosed(self, destination: _Destination) -> None:
-        self._sessions -= 1
-        if destination.isIdle():
-            self._destinations.pop(destination.key, None)
-        for waiting in list(self._destinations.values()):
-            waiting.startSessions()
-
-
-class _Destination:
-    """
-    One next hop: the jobs waiting for it and the sessions carrying them.
-
-    @ivar hosts: where to connect, in order.
-    """
-
-    def __init__(self, manager: RelayManager, key: str, security: str) -> None:
-        self.key = key
-        self.hosts: list[Host] = []
-        self._manager = manager
-        self._security = security
-        self._jobs: deque[_Job] = deque()
-        self._idle: deque[Deferred[_Job | None]] = deque()
-        self._sessions: list[SMTPSession] = []
-        self._active = 0
-        self._connecting = 0
-        self._lastTried = ""
-
-    def add(self, job: _Job) -> None:
-        if self._idle:
-            self._idle.popleft().callback(job)
-            return
-        self._jobs.append(job)
-        self.startSessions()
-
-    def startSessions(self) -> None:
-        limit = self._manager.settings.destinationConnections
-        # A session still connecting will take a job of its own.
-        while (
-            len(self._jobs) > self._connecting
-            and self._active < limit
-            and self._manager._mayOpenSession()
-        ):
-            self._active += 1
-            self._manager._sessionOpened()
-            running = Deferred.fromCoroutine(self._run())
-            running.addErrback(
-                lambda failure: self._manager.log.failure(
-                    "relay session to {destination} failed",
-                    failure,
-                    destination=self.key or "the smarthosts",
-                )
-            )
-
-    def isIdle(self) -> bool:
-        return not (self._jobs or self._active)
-
-    def abort(self) -> None:
-        for session in self._sessions:
-            session.abort()
-        idle, self._idle = self._idle, deque()
-        for waiter in idle:
-            waiter.callback(None)
-
-    async def _run(self) -> None:
-        try:
-            self._connecting += 1
-            try:
-                session = await self._open()
-            finally:
-                self._connecting -= 1
-        except (DeliveryError, NextHopError) as error:
-            self._failWaiting(error, self._lastTried)
-            self._active -= 1
-            self._manager._sessionClosed(self)
-            return
-        self._sessions.append(session)
-        try:
-            await self._carry(session)
-        finally:
-            if session in self._sessions:
-                self._sessions.remove(session)
-            session.quit()
-            self._active -= 1
-            self._manager._sessionClosed(self)
-
-    async def _open(self) -> SMTPSession:
-        failure: DeliveryError | None = None
-        for host in self.hosts:
-            self._lastTried = str(host)
-            try:
-                return await self._connectTo(host)
-            except DeliveryError as error:
-                self._manager.log.info(
-                    "relay: cannot use {host}: {reason}",
-                    host=str(host),
-                    reason=error.reason,
-                )
-                failure = error
-        if failure is None:
-            raise NextHopError("no host to connect to", "4.4.4", False)
-        raise failure
-
-    async def _connectTo(self, host: Host) -> SMTPSession:
-        connector = self._manager._connector
-        try:
-            return await connector.connect(host, self._security)
-        except DeliveryError as error:
-            # Opportunistic TLS may fall back to plain text once the
-            # handshake failed (RFC 7435 section 5).
-            if not (error.tlsFailed and self._security == "opportunistic"):
-                raise
-        return await connector.connect(host, "none")
-
-    def _failWaiting(
-        self, error: DeliveryError | NextHopError, host: str
-    ) -> None:
-        # Other sessions still working show the next hop is reachable:
-        # only the jobs no session will take fail with this error.
-        if self._active > 1:
-            count = 1 if self._jobs else 0
-        else:
-            count = len(self._jobs)
-        for _ in range(count):
-            job = self._jobs.popleft()
-            job.done.callback(_errorStates(job.recipients, error, host))
-
-    async def _carry(self, session: SMTPSession) -> None:
-        while True:
-            job = await self._next()
-            if job is None:
-                return
-            try:
-                outcomes = await session.send(self._outbound(job))
-            except DeliveryError as error:
-                job.done.callback(
-                    _errorStates(job.recipients, error, session.host)
-                )
-                if not error.permanent:
-                    return
-            except OSError as error:
-                reason = f"cannot read the queued message: {error.strerror}"
-                problem = DeliveryError(reason, "4.3.0", False)
-                job.done.callback(_errorStates(job.recipients, problem, ""))
-            else:
-                job.done.callback(_outcomeStates(outcomes, session.host))
-
-    def _next(self) -> Deferred[_Job | None]:
-        if self._jobs:
-            return succeed(self._jobs.popleft())
-        waiter: Deferred[_Job | None] = Deferred()
-        self._idle.append(waiter)
-        reactor = self._manager._reactor
-
-        def giveUp() -> None:
-            if waiter in self._idle:
-                self._idle.remove(waiter)
-                waiter.callback(None)
-
-        timer = reactor.callLater(LINGER, giveUp)
-        waiter.addBoth(_cancelling(timer))
-        return waiter
-
-    def _outbound(self, job: _Job) -> OutboundMessage:
-        manager = self._manager
-        message = job.message
-        path = manager._store.dataPath(message.queueID)
-        data = open(path, "rb")
-        job.done.addBoth(_closing(data))
-        return OutboundMessage(
-            sender=message.envelope.sender,
-            recipients=job.recipients,
-            data=data,
-            size=message.envelope.size,
-            eightBit=message.envelope.body == "8BITMIME",
-        )
-
 
 def _pending(message: _Message) -> tuple[str, ...]:
+    return _withStatus(message, "pending")
+
+
+def _failed(message: _Message) -> tuple[str, ...]:
+    return _withStatus(message, "failed")
+
+
+def _withStatus(message: _Message, status: str) -> tuple[str, ...]:
+    """
+    @return: the message's recipients in that state, in envelope order.
+    """
     recipients = message.state.recipients
     return tuple(
         recipient
         for recipient in message.envelope.recipients
-        if recipients.get(recipient, RecipientState()).status == "pending"
+        if recipients.get(recipient, RecipientState()).status == status
     )
 
 
@@ -794,58 +600,6 @@ def _removeAll(
 
 def _messages(count: int) -> str:
     return "1 message" if count == 1 else f"{count} messages"
-
-
-def _failed(message: _Message) -> tuple[str, ...]:
-    recipients = message.state.recipients
-    return tuple(
-        recipient
-        for recipient in message.envelope.recipients
-        if recipients.get(recipient, RecipientState()).status == "failed"
-    )
-
-
-def _outcomeStates(
-    outcomes: Iterable[RecipientOutcome], host: str
-) -> dict[str, RecipientState]:
-    states = {}
-    for outcome in outcomes:
-        response = outcome.response
-        status, default = {
-            2: ("delivered", "2.0.0"),
-            4: ("pending", "4.0.0"),
-        }.get(response.code // 100, ("failed", "5.0.0"))
-        states[outcome.recipient] = RecipientState(
-            status=status,
-            reply=str(response),
-            dsnStatus=response.status or default,
-            remote=host,
-            diagnostic=str(response),
-        )
-    return states
-
-
-def _errorStates(
-    recipients: Iterable[str], error: DeliveryError | NextHopError, host: str
-) -> dict[str, RecipientState]:
-    """
-    @return: the state of each recipient when the whole attempt failed:
-        C{reply} says why in msagate's words, with the next hop's reply
-        when one caused it, which is also the report's diagnostic.
-    """
-    reply = error.reason
-    response = getattr(error, "response", None)
-    diagnostic = "" if response is None else str(response)
-    if diagnostic:
-        reply = f"{error.reason}: {diagnostic}"
-    state = RecipientState(
-        status="failed" if error.permanent else "pending",
-        reply=reply,
-        dsnStatus=error.status,
-        remote=host,
-        diagnostic=diagnostic,
-    )
-    return {recipient: state for recipient in recipients}
 
 
 def _report(
@@ -889,20 +643,3 @@ def _follow(chain: Deferred[None]) -> Deferred[None]:
 
     chain.addBoth(passOn)
     return follower
-
-
-def _cancelling(timer: IDelayedCall) -> Callable[[_T], _T]:
-    def cancel(result: _T) -> _T:
-        if timer.active():
-            timer.cancel()
-        return result
-
-    return cancel
-
-
-def _closing(file: Any) -> Callable[[_T], _T]:
-    def close(result: _T) -> _T:
-        file.close()
-        return result
-
-    return close

@@ -172,14 +172,14 @@ class Spool:
                 ours.append(incoming)
                 writer._file.write(writer._early)
             _syncAndClose(writer._file)
-            _writeDurably(incoming + ENVELOPE_SUFFIX, writer.envelope.toJSON())
+            writeDurably(incoming + ENVELOPE_SUFFIX, writer.envelope.toJSON())
             # A link, unlike a rename, never replaces a committed message
             # that happens to have the same queue ID.
             os.link(incoming + DATA_SUFFIX, queued + DATA_SUFFIX)
             ours.append(queued)
             os.unlink(incoming + DATA_SUFFIX)
             os.rename(incoming + ENVELOPE_SUFFIX, queued + ENVELOPE_SUFFIX)
-            _syncDirectory(os.path.join(self.path, QUEUE))
+            syncDirectory(os.path.join(self.path, QUEUE))
         except BaseException:
             if writer._file is not None:
                 writer._file.close()
@@ -315,9 +315,26 @@ def _syncAndClose(file: BinaryIO) -> None:
         file.close()
 
 
-def _writeDurably(path: str, data: bytes) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+def writeDurably(
+    path: str,
+    data: bytes,
+    replacing: bool = False,
+    prepare: Callable[[int], None] | None = None,
+) -> None:
+    """
+    Write C{data} to a new file only its owner may read, and fsync it.
+
+    @param replacing: whether an existing file of that name is truncated
+        rather than an error.
+    @param prepare: called with the open file descriptor before anything
+        is written (to change its owner, say).
+    @raise OSError: when the file cannot be written.
+    """
+    how = os.O_TRUNC if replacing else os.O_EXCL
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | how, 0o600)
     try:
+        if prepare is not None:
+            prepare(fd)
         view = memoryview(data)
         while view:
             view = view[os.write(fd, view) :]
@@ -326,7 +343,10 @@ def _writeDurably(path: str, data: bytes) -> None:
         os.close(fd)
 
 
-def _syncDirectory(path: str) -> None:
+def syncDirectory(path: str) -> None:
+    """
+    Make the entries of directory C{path} durable (after a rename, say).
+    """
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     try:
         os.fsync(fd)

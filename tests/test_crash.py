@@ -18,20 +18,13 @@ import signal
 import smtplib
 import ssl
 import subprocess
-import sys
 import threading
 
 import pytest
 from conftest import USERS, inReactor
 from sink import Sink, startSink
+from test_tap import LISTENING, ROOT, TWISTD
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TWISTD = [
-    sys.executable,
-    "-c",
-    "from twisted.scripts.twistd import run; run()",
-]
-LISTENING = re.compile(rb"listener (\w+) on 127\.0\.0\.1:(\d+)")
 WAIT = 60
 SEED = int(os.environ.get("MSAGATE_CRASH_SEED", "20261203"))
 

@@ -12,17 +12,27 @@ import random
 from dataclasses import dataclass, field
 
 import pytest
+from twisted.internet import reactor
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.names import dns
 from twisted.names.error import DNSNameError
+from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
-from msagate.client import DeliveryError, RecipientOutcome, Response
+from msagate.client import (
+    ClientSettings,
+    DeliveryError,
+    RecipientOutcome,
+    Response,
+)
 from msagate.control import IQueueControl
+from msagate.destination import LINGER
 from msagate.envelope import Envelope
+from msagate.interfaces import IConnector
 from msagate.nexthop import Host
+from msagate.outbound import NextHopConnector
 from msagate.queue import QueueStore
-from msagate.relay import LINGER, RelayManager, RelaySettings
+from msagate.relay import RelayManager, RelaySettings
 from msagate.spool import Spool
 from msagate.testing import ClockReactor, ImmediatePool
 
@@ -82,6 +92,7 @@ class FakeSession:
         self.closed = True
 
 
+@implementer(IConnector)
 @dataclass
 class FakeConnector:
     """
@@ -224,9 +235,11 @@ def reports(relay: Relay):
 
 def test_interface(relay):
     """
-    The relay manager serves the administration requests.
+    The relay manager serves the administration requests; the fake
+    connector is a connector.
     """
     assert verifyObject(IQueueControl, relay.manager)
+    assert verifyObject(IConnector, relay.connector)
 
 
 def test_deliveredAtOnce(relay):
@@ -692,12 +705,6 @@ def test_connectorInterface():
     """
     msagate's connector provides the interface the manager uses.
     """
-    from twisted.internet import reactor
-
-    from msagate.client import ClientSettings
-    from msagate.interfaces import IConnector
-    from msagate.outbound import NextHopConnector
-
     connector = NextHopConnector(
         reactor, ClientSettings(heloName="msa.example.org"), None, 30
     )
