@@ -131,7 +131,6 @@ class _Destination:
         self._sessions: list[SMTPSession] = []
         self._active = 0
         self._connecting = 0
-        self._lastTried = ""
 
     def add(self, job: Job) -> None:
         if self._idle:
@@ -170,20 +169,20 @@ class _Destination:
             waiter.callback(None)
 
     async def _run(self) -> None:
+        self._connecting += 1
         try:
-            self._connecting += 1
-            try:
-                session = await self._open()
-            finally:
-                self._connecting -= 1
-        except (DeliveryError, NextHopError) as error:
-            self._failWaiting(error, self._lastTried)
+            opened = await self._open()
+        finally:
+            self._connecting -= 1
+        if isinstance(opened, _Unreachable):
+            self._failWaiting(opened.error, opened.host)
             self._active -= 1
             self._owner.sessionClosed(self)
             return
+        session, host = opened
         self._sessions.append(session)
         try:
-            await self._carry(session)
+            await self._carry(session, host)
         finally:
             if session in self._sessions:
                 self._sessions.remove(session)
@@ -191,22 +190,27 @@ class _Destination:
             self._active -= 1
             self._owner.sessionClosed(self)
 
-    async def _open(self) -> SMTPSession:
-        failure: DeliveryError | None = None
+    async def _open(self) -> tuple[SMTPSession, str] | _Unreachable:
+        """
+        @return: a session with the first host that can be reached, and
+            that host as the log and the reports name it; or, when none
+            can, why not.
+        """
+        failure: DeliveryError | NextHopError
+        failure = NextHopError("no host to connect to", "4.4.4", False)
+        tried = ""
         for host in self.hosts:
-            self._lastTried = str(host)
+            tried = str(host)
             try:
-                return await self._connectTo(host)
+                return await self._connectTo(host), tried
             except DeliveryError as error:
                 self._owner.log.info(
                     "relay: cannot use {host}: {reason}",
-                    host=str(host),
+                    host=tried,
                     reason=error.reason,
                 )
                 failure = error
-        if failure is None:
-            raise NextHopError("no host to connect to", "4.4.4", False)
-        raise failure
+        return _Unreachable(failure, tried)
 
     async def _connectTo(self, host: Host) -> SMTPSession:
         connector = self._owner.connector
@@ -232,7 +236,7 @@ class _Destination:
             job = self._jobs.popleft()
             job.done.callback(errorStates(job.recipients, error, host))
 
-    async def _carry(self, session: SMTPSession) -> None:
+    async def _carry(self, session: SMTPSession, host: str) -> None:
         while True:
             job = await self._next()
             if job is None:
@@ -240,9 +244,7 @@ class _Destination:
             try:
                 outcomes = await session.send(self._outbound(job))
             except DeliveryError as error:
-                job.done.callback(
-                    errorStates(job.recipients, error, session.host)
-                )
+                job.done.callback(errorStates(job.recipients, error, host))
                 if not error.permanent:
                     return
             except OSError as error:
@@ -250,7 +252,7 @@ class _Destination:
                 problem = DeliveryError(reason, "4.3.0", False)
                 job.done.callback(errorStates(job.recipients, problem, ""))
             else:
-                job.done.callback(outcomeStates(outcomes, session.host))
+                job.done.callback(outcomeStates(outcomes, host))
 
     def _next(self) -> Deferred[Job | None]:
         if self._jobs:
@@ -321,6 +323,19 @@ def errorStates(
         diagnostic=diagnostic,
     )
     return {recipient: state for recipient in recipients}
+
+
+@dataclass(frozen=True)
+class _Unreachable:
+    """
+    No host of a next hop could be used.
+
+    @ivar error: why the last one tried could not.
+    @ivar host: the last host tried, or C{""} when there was none.
+    """
+
+    error: DeliveryError | NextHopError
+    host: str
 
 
 def _cancelling(timer: IDelayedCall) -> Callable[[_T], _T]:

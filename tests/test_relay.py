@@ -383,9 +383,10 @@ def test_delayWarning(tmp_path):
     assert queueID in relay.queued()
 
 
-def test_failoverToSecondSmarthost(relay):
+def test_failoverToSecondSmarthost(relay, logged):
     """
-    When the first smarthost cannot be reached, the second is used.
+    When the first smarthost cannot be reached, the second is used, and
+    the log names it with its port.
     """
     relay.connector.down["relay1.example.net"] = DeliveryError(
         "connection refused", "4.4.1", False
@@ -395,6 +396,8 @@ def test_failoverToSecondSmarthost(relay):
     assert [host for host, *_ in relay.connector.delivered] == [
         "relay2.example.net"
     ]
+    [sent] = [e for e in logged if e.get("outcome") == "sent"]
+    assert sent["relay"] == "relay2.example.net:25"
 
 
 def test_noSmarthostReachable(relay):
