@@ -196,6 +196,9 @@ def buildService(
     store = QueueStore(config.spool)
     lock = service.spoolLock = _lockSpool(config, spool, store, owner)
     try:
+        # FIXME: the relay manager shares the reactor thread with the
+        # submission sessions, so under load relaying takes CPU from
+        # accepting mail; in a process of its own it could use another core.
         relay = RelayManager(
             relaySettings(config),
             store,
