@@ -16,7 +16,7 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import BinaryIO, TypeVar
 
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
@@ -347,7 +347,7 @@ def _cancelling(timer: IDelayedCall) -> Callable[[_T], _T]:
     return cancel
 
 
-def _closing(file: Any) -> Callable[[_T], _T]:
+def _closing(file: BinaryIO) -> Callable[[_T], _T]:
     def close(result: _T) -> _T:
         file.close()
         return result

@@ -43,7 +43,12 @@ from msagate.dsn import RecipientReport, buildReport
 from msagate.envelope import Envelope
 from msagate.interfaces import IConnector, IServerReactor
 from msagate.nexthop import Host, NextHopError, mailHosts
-from msagate.queue import DeliveryState, QueueStore, RecipientState
+from msagate.queue import (
+    DeliveryState,
+    QueueEntry,
+    QueueStore,
+    RecipientState,
+)
 from msagate.spool import Spool
 
 _T = TypeVar("_T")
@@ -239,7 +244,7 @@ class RelayManager(Service):
 
     # Scheduling
 
-    def _loaded(self, entries: list[Any]) -> None:
+    def _loaded(self, entries: list[QueueEntry]) -> None:
         for entry in entries:
             if entry.queueID in self.messages:
                 continue
