@@ -10,7 +10,9 @@ Fakes for testing msagate and code built on it; none is for production.
     pool;
   - L{ImmediatePool} and L{ClockReactor}: a thread pool that runs work at
     once and a L{Clock} that takes results back at once, so that code
-    using a pool runs step by step on a fake clock.
+    using a pool runs step by step on a fake clock;
+  - L{RecordingQueueControl}: an L{IQueueControl} that knows one message
+    and records the requests.
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ from twisted.internet.testing import StringTransport
 from twisted.python.failure import Failure
 from zope.interface import alsoProvides, implementer
 
+from msagate.control import IQueueControl
 from msagate.envelope import Envelope
 from msagate.interfaces import ISenderSource, ISpool, ISpoolWriter
 from msagate.protocol import SessionSettings, SubmissionFactory
@@ -330,3 +333,62 @@ class ClockReactor(Clock):
         Run C{f(*args, **kwargs)} now.
         """
         f(*args, **kwargs)
+
+
+@implementer(IQueueControl)
+class RecordingQueueControl:
+    """
+    A queue that knows one message and records the administrator's
+    requests, in place of a running server's relay manager.
+
+    @ivar known: the queue ID of the one message.
+    @ivar calls: the requests, as C{(command, queueID)}.
+    @ivar problem: when set, every request fails with it.
+    @ivar waiting: when a list, requests wait: each appends its unfired
+        Deferred.
+    @ivar text: what a successful request answers, a format with the
+        fields C{command} and C{target} (the queue ID, or C{all}).
+    """
+
+    def __init__(self, known: str, text: str = "{command} done") -> None:
+        self.known = known
+        self.text = text
+        self.calls: list[tuple[str, str | None]] = []
+        self.problem: Exception | None = None
+        self.waiting: list[defer.Deferred[str]] | None = None
+
+    def _act(self, command: str, queueID: str | None) -> defer.Deferred[str]:
+        self.calls.append((command, queueID))
+        if self.problem is not None:
+            return defer.fail(self.problem)
+        if queueID not in (None, self.known):
+            return defer.fail(KeyError(queueID))
+        if self.waiting is not None:
+            self.waiting.append(defer.Deferred())
+            return self.waiting[-1]
+        target = queueID or "all"
+        return defer.succeed(self.text.format(command=command, target=target))
+
+    def flush(self, queueID: str | None) -> defer.Deferred[str]:
+        """
+        Record a flush.
+        """
+        return self._act("flush", queueID)
+
+    def hold(self, queueID: str) -> defer.Deferred[str]:
+        """
+        Record a hold.
+        """
+        return self._act("hold", queueID)
+
+    def release(self, queueID: str) -> defer.Deferred[str]:
+        """
+        Record a release.
+        """
+        return self._act("release", queueID)
+
+    def delete(self, queueID: str) -> defer.Deferred[str]:
+        """
+        Record a deletion.
+        """
+        return self._act("delete", queueID)

@@ -20,9 +20,7 @@ from typing import Any
 import pytest
 from conftest import inReactor
 from twisted.internet import reactor as globalReactor
-from twisted.internet.defer import Deferred, fail, succeed
 from twisted.python.threadpool import ThreadPool
-from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
 import msagate.cli
@@ -32,7 +30,7 @@ from msagate.control import IQueueControl, listenControl
 from msagate.envelope import Envelope
 from msagate.queue import DeliveryState, QueueStore, RecipientState
 from msagate.spool import Spool
-from msagate.testing import ThreadResults
+from msagate.testing import RecordingQueueControl, ThreadResults
 
 ROOT = Path(__file__).parent.parent
 FIRST = "0000000000001AAAAA"
@@ -449,44 +447,17 @@ def test_lockHeldButNoAnswer(command: Any, store: QueueStore) -> None:
 # Changes through a running server.
 
 
-@implementer(IQueueControl)
-class ServerStandIn:
-    """
-    Stands for a running server's relay manager: it knows L{FIRST} only
-    and records the requests.
-    """
-
-    def __init__(self) -> None:
-        self.calls: list[tuple[str, str | None]] = []
-
-    def _act(self, command: str, queueID: str | None) -> Deferred[str]:
-        self.calls.append((command, queueID))
-        if queueID not in (None, FIRST):
-            return fail(KeyError(queueID))
-        return succeed(f"{queueID or 'all'}: {command} done by the server")
-
-    def flush(self, queueID: str | None) -> Deferred[str]:
-        return self._act("flush", queueID)
-
-    def hold(self, queueID: str) -> Deferred[str]:
-        return self._act("hold", queueID)
-
-    def release(self, queueID: str) -> Deferred[str]:
-        return self._act("release", queueID)
-
-    def delete(self, queueID: str) -> Deferred[str]:
-        return self._act("delete", queueID)
-
-
 @pytest.fixture
 def server(
     runningReactor: Any, spoolPath: Path, store: QueueStore
-) -> Iterator[ServerStandIn]:
+) -> Iterator[RecordingQueueControl]:
     """
     A server stand-in answering on the spool's control socket and holding
     the spool lock, as a running msagate does.
     """
-    standIn = ServerStandIn()
+    standIn = RecordingQueueControl(
+        FIRST, "{target}: {command} done by the server"
+    )
     assert verifyObject(IQueueControl, standIn)
     path = str(spoolPath / "control")
     port = inReactor(listenControl, globalReactor, path, standIn)
@@ -496,7 +467,7 @@ def server(
 
 
 def test_requestsGoToServer(
-    command: Any, server: ServerStandIn, store: QueueStore
+    command: Any, server: RecordingQueueControl, store: QueueStore
 ) -> None:
     """
     With a server running, each request goes to it and its answer is
@@ -512,7 +483,9 @@ def test_requestsGoToServer(
     assert store.read(FIRST).state == ALICE_STATE
 
 
-def test_flushAllGoesToServer(command: Any, server: ServerStandIn) -> None:
+def test_flushAllGoesToServer(
+    command: Any, server: RecordingQueueControl
+) -> None:
     """
     flush alone asks the server to try every message.
     """
@@ -521,7 +494,7 @@ def test_flushAllGoesToServer(command: Any, server: ServerStandIn) -> None:
     assert server.calls == [("flush", None)]
 
 
-def test_serverRefuses(command: Any, server: ServerStandIn) -> None:
+def test_serverRefuses(command: Any, server: RecordingQueueControl) -> None:
     """
     The server's error answer is printed on standard error and makes the
     exit status 1; the other IDs are still sent.

@@ -16,14 +16,12 @@ from typing import Any
 import pytest
 from conftest import inReactor
 from twisted.internet import reactor as globalReactor
-from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.endpoints import UNIXServerEndpoint
 from twisted.internet.error import CannotListenError
 from twisted.internet.interfaces import IListeningPort, IStreamServerEndpoint
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
-from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
 from msagate.control import (
@@ -39,51 +37,10 @@ from msagate.control import (
     parseRequest,
     sendRequest,
 )
+from msagate.testing import RecordingQueueControl
 
 KNOWN = "0000000000001AAAAA"
 UNKNOWN = "0000000000002BBBBB"
-
-
-@implementer(IQueueControl)
-class FakeQueueControl:
-    """
-    A queue that knows one message, L{KNOWN}, and records the requests.
-
-    @ivar calls: the requests, as C{(command, queueID)}.
-    @ivar problem: when set, every request fails with it.
-    @ivar waiting: when a list, requests wait: each appends its unfired
-        Deferred.
-    @ivar text: what a successful request answers.
-    """
-
-    def __init__(self) -> None:
-        self.calls: list[tuple[str, str | None]] = []
-        self.problem: Exception | None = None
-        self.waiting: list[Deferred[str]] | None = None
-        self.text = "done"
-
-    def _act(self, command: str, queueID: str | None) -> Deferred[str]:
-        self.calls.append((command, queueID))
-        if self.problem is not None:
-            return fail(self.problem)
-        if queueID not in (None, KNOWN):
-            return fail(KeyError(queueID))
-        if self.waiting is not None:
-            self.waiting.append(Deferred())
-            return self.waiting[-1]
-        return succeed(f"{command} {self.text}")
-
-    def flush(self, queueID: str | None) -> Deferred[str]:
-        return self._act("flush", queueID)
-
-    def hold(self, queueID: str) -> Deferred[str]:
-        return self._act("hold", queueID)
-
-    def release(self, queueID: str) -> Deferred[str]:
-        return self._act("release", queueID)
-
-    def delete(self, queueID: str) -> Deferred[str]:
-        return self._act("delete", queueID)
 
 
 class Connection:
@@ -91,7 +48,7 @@ class Connection:
     A control protocol connected to a L{StringTransport}, on a L{Clock}.
     """
 
-    def __init__(self, control: FakeQueueControl) -> None:
+    def __init__(self, control: RecordingQueueControl) -> None:
         self.clock = Clock()
         factory = ControlFactory(control, self.clock)
         self.protocol = factory.buildProtocol(None)
@@ -108,22 +65,22 @@ class Connection:
 
 
 @pytest.fixture
-def control() -> FakeQueueControl:
+def control() -> RecordingQueueControl:
     """
     A fake queue.
     """
-    return FakeQueueControl()
+    return RecordingQueueControl(KNOWN)
 
 
 @pytest.fixture
-def connection(control: FakeQueueControl) -> Connection:
+def connection(control: RecordingQueueControl) -> Connection:
     """
     A control connection to the fake queue.
     """
     return Connection(control)
 
 
-def test_fakeProvidesInterface(control: FakeQueueControl) -> None:
+def test_fakeProvidesInterface(control: RecordingQueueControl) -> None:
     """
     The fake queue used here provides IQueueControl, and the control
     endpoint provides IStreamServerEndpoint.
@@ -133,7 +90,7 @@ def test_fakeProvidesInterface(control: FakeQueueControl) -> None:
     assert verifyObject(IStreamServerEndpoint, endpoint)
 
 
-def test_factoryBuildsProtocol(control: FakeQueueControl) -> None:
+def test_factoryBuildsProtocol(control: RecordingQueueControl) -> None:
     """
     The factory builds a ControlProtocol that points back to it.
     """
@@ -159,7 +116,7 @@ def test_factoryBuildsProtocol(control: FakeQueueControl) -> None:
 )
 def test_request(
     connection: Connection,
-    control: FakeQueueControl,
+    control: RecordingQueueControl,
     request_: bytes,
     call: tuple[str, str | None],
 ) -> None:
@@ -175,7 +132,7 @@ def test_request(
 
 
 def test_unknownQueueID(
-    connection: Connection, control: FakeQueueControl
+    connection: Connection, control: RecordingQueueControl
 ) -> None:
     """
     A queue ID the queue does not know is answered with an error naming
@@ -204,7 +161,7 @@ def test_unknownQueueID(
     ],
 )
 def test_badRequest(
-    connection: Connection, control: FakeQueueControl, request_: bytes
+    connection: Connection, control: RecordingQueueControl, request_: bytes
 ) -> None:
     """
     An unknown command, a missing, extra or malformed queue ID, or a
@@ -235,7 +192,7 @@ def test_parseRequest(line: bytes, expected: tuple[str, str | None]) -> None:
 
 
 def test_requestTooLong(
-    connection: Connection, control: FakeQueueControl
+    connection: Connection, control: RecordingQueueControl
 ) -> None:
     """
     A request line longer than 256 octets is refused and the connection
@@ -254,7 +211,7 @@ def test_requestTooLong(
 
 
 def test_answerWaitsForQueue(
-    connection: Connection, control: FakeQueueControl
+    connection: Connection, control: RecordingQueueControl
 ) -> None:
     """
     The answer is written only once the queue's Deferred fires.
@@ -268,7 +225,7 @@ def test_answerWaitsForQueue(
 
 
 def test_answerAfterConnectionLost(
-    connection: Connection, control: FakeQueueControl
+    connection: Connection, control: RecordingQueueControl
 ) -> None:
     """
     A client that goes away before the answer does no harm.
@@ -281,7 +238,7 @@ def test_answerAfterConnectionLost(
 
 
 def test_onlyFirstRequestAnswered(
-    connection: Connection, control: FakeQueueControl
+    connection: Connection, control: RecordingQueueControl
 ) -> None:
     """
     Only the first request of a connection is performed, even when more
@@ -294,18 +251,18 @@ def test_onlyFirstRequestAnswered(
 
 
 def test_answerIsOneLine(
-    connection: Connection, control: FakeQueueControl
+    connection: Connection, control: RecordingQueueControl
 ) -> None:
     """
     A multi-line text from the queue is sent as one line.
     """
-    control.text = "first line\nsecond\r\nline"
+    control.text = "{command} first line\nsecond\r\nline"
     answer = connection.send(b"flush\n")
     assert answer == b"ok flush first line second line\n"
 
 
 def test_refusalText(
-    connection: Connection, control: FakeQueueControl
+    connection: Connection, control: RecordingQueueControl
 ) -> None:
     """
     A ControlError from the queue is answered with its text.
@@ -317,7 +274,7 @@ def test_refusalText(
 
 def test_unexpectedErrorLogged(
     connection: Connection,
-    control: FakeQueueControl,
+    control: RecordingQueueControl,
     logged: list[dict[str, Any]],
 ) -> None:
     """
@@ -347,7 +304,7 @@ def test_requestLogged(
 
 
 def test_idleTimeout(
-    connection: Connection, control: FakeQueueControl
+    connection: Connection, control: RecordingQueueControl
 ) -> None:
     """
     A connection that sends no request within the timeout is closed
@@ -361,7 +318,7 @@ def test_idleTimeout(
 
 
 def test_noTimeoutOnceAsked(
-    connection: Connection, control: FakeQueueControl
+    connection: Connection, control: RecordingQueueControl
 ) -> None:
     """
     Once a request arrived, the timeout no longer applies: the queue may
@@ -389,7 +346,7 @@ def socketPath(tmp_path: Path) -> str:
 
 @pytest.fixture
 def server(
-    runningReactor: Any, socketPath: str, control: FakeQueueControl
+    runningReactor: Any, socketPath: str, control: RecordingQueueControl
 ) -> Iterator[IListeningPort]:
     """
     The fake queue answering on the control socket in the test reactor.
@@ -400,7 +357,7 @@ def server(
 
 
 def test_socketOk(
-    server: IListeningPort, socketPath: str, control: FakeQueueControl
+    server: IListeningPort, socketPath: str, control: RecordingQueueControl
 ) -> None:
     """
     sendRequest returns the text of an ok answer.
@@ -420,7 +377,7 @@ def test_socketUnknownQueueID(server: IListeningPort, socketPath: str) -> None:
 
 
 def test_socketError(
-    server: IListeningPort, socketPath: str, control: FakeQueueControl
+    server: IListeningPort, socketPath: str, control: RecordingQueueControl
 ) -> None:
     """
     An error answer raises ControlError with its text.
@@ -487,7 +444,7 @@ def test_serverNotRunningWithStaleSocket(socketPath: str) -> None:
 
 
 def test_listenReplacesStaleSocket(
-    runningReactor: Any, socketPath: str, control: FakeQueueControl
+    runningReactor: Any, socketPath: str, control: RecordingQueueControl
 ) -> None:
     """
     listenControl removes a stale socket file and listens in its place.
@@ -502,7 +459,7 @@ def test_listenReplacesStaleSocket(
 
 
 def test_listenLeavesOtherFiles(
-    runningReactor: Any, socketPath: str, control: FakeQueueControl
+    runningReactor: Any, socketPath: str, control: RecordingQueueControl
 ) -> None:
     """
     A file at the socket's path that is not a socket is left alone, and
