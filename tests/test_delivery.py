@@ -314,3 +314,42 @@ class _Zone:
         if name not in self.records:
             return fail(DomainError(name))
         return succeed((answers, [], []))
+
+
+def test_implicitTLSSmarthost(serverFiles, runningReactor, authority, running):
+    """
+    A smarthost on a port with TLS from the first byte (RFC 8314) gets
+    the message over TLS whose certificate msagate checked (TLS-17).
+    """
+    sink = inReactor(startSink, serverTLS(authority), implicitTLS=True)
+    try:
+        server = relayServer(serverFiles, smarthost(sink, "implicit"))
+        running.append(server)
+        submit(server, ["bob@example.net"])
+
+        [received] = sink.waitForMessages(1)
+        assert received.tls
+    finally:
+        inReactor(sink.stop)
+
+
+def test_holdAndReleaseThroughTheCommand(serverFiles, sink, running, mailLog):
+    """
+    C{msagate queue hold} keeps a deferred message from being tried, even
+    by a flush; C{release} sends it at once.
+    """
+    server = relayServer(serverFiles, smarthost(sink))
+    running.append(server)
+    queueID = submit(server, ["temp@example.net"])
+    mailLog.relayed(queueID, "temp@example.net")
+    sink.replyFor = lambda recipient: (250, "2.1.5 ok")
+    config = ["--config", str(serverFiles), "queue"]
+
+    assert msagateCommand([*config, "hold", queueID]) == 0
+    assert msagateCommand([*config, "flush", queueID]) == 0
+    assert sink.messages == []
+    assert msagateCommand([*config, "release", queueID]) == 0
+
+    [received] = sink.waitForMessages(1)
+    assert received.recipients == ("temp@example.net",)
+    mailLog.removed(queueID)
