@@ -9,6 +9,8 @@ inside the reactor thread with L{inReactor}.
 
 from __future__ import annotations
 
+import ipaddress
+import socket
 import threading
 
 import bcrypt
@@ -25,6 +27,49 @@ from msagate.testing import ThreadResults
 
 USERS = {"alice": b"alice's password", "bob": b"bob's password"}
 SENDERS = "alice: alice@example.org, @team.example.org\nbob: bob@example.org\n"
+
+
+def _loopbackOnly(method):
+    """
+    Wrap a socket method that takes an address so that it refuses any
+    address but a loopback one or a UNIX socket path.
+    """
+
+    def checked(self, address, *args):
+        target = address[0] if isinstance(address, tuple) else None
+        if (
+            target is not None
+            and not ipaddress.ip_address(target.split("%")[0]).is_loopback
+        ):
+            raise AssertionError(f"a test tried to reach {address}")
+        return method(self, address, *args)
+
+    return checked
+
+
+@pytest.fixture(scope="session", autouse=True)
+def loopbackOnly():
+    """
+    Tests reach nothing but this machine: a connection or datagram to any
+    other address fails the test that tried.
+    """
+    originals = {
+        name: getattr(socket.socket, name)
+        for name in ("connect", "connect_ex")
+    }
+    for name, method in originals.items():
+        setattr(socket.socket, name, _loopbackOnly(method))
+    sendto = socket.socket.sendto
+
+    def checkedSendto(self, data, *rest):
+        _loopbackOnly(lambda s, a, *r: None)(self, rest[-1])
+        return sendto(self, data, *rest)
+
+    socket.socket.sendto = checkedSendto
+    yield
+    for name, method in originals.items():
+        setattr(socket.socket, name, method)
+    socket.socket.sendto = sendto
 
 
 @pytest.fixture(scope="session")
@@ -117,9 +162,26 @@ def serverFiles(tmp_path, authority):
         "tls = implicit\n"
         "[tls]\ncertificate = cert.pem\nkey = key.pem\n"
         "[auth]\nhtpasswd = htpasswd\nfailure_delay = 0\n"
-        "[senders]\nmap = senders\n"
+        "[senders]\nmap = senders\n" + RELAY_NOWHERE
     )
     return tmp_path / "msagate.ini"
+
+
+# Tests never relay off this machine: unless a test sets a next hop of its
+# own, the smarthost is a loopback port where nothing listens, so every
+# message simply stays queued.
+RELAY_NOWHERE = (
+    "[relay]\nmode = smarthost\nsmarthosts = 127.0.0.1:9\nsecurity = none\n"
+)
+
+
+def setRelay(path, relay: str) -> None:
+    """
+    Replace the C{[relay]} section of the configuration file at C{path}
+    (the last one) with the options in C{relay}.
+    """
+    text = path.read_text()
+    path.write_text(text[: text.index("[relay]\n")] + "[relay]\n" + relay)
 
 
 class RunningServer:

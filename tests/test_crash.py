@@ -21,7 +21,7 @@ import subprocess
 import threading
 
 import pytest
-from conftest import USERS, inReactor
+from conftest import USERS, inReactor, setRelay
 from sink import Sink, startSink
 from test_tap import LISTENING, ROOT, TWISTD
 
@@ -204,11 +204,11 @@ def test_killedServerLosesNothing(serverFiles, sink):
     ever does (SMTP-35).
     """
     rng = random.Random(SEED)
-    with serverFiles.open("a") as file:
-        file.write(
-            "[relay]\nmode = smarthost\n"
-            f"smarthosts = 127.0.0.1:{sink.port}\nsecurity = none\n"
-        )
+    setRelay(
+        serverFiles,
+        f"mode = smarthost\nsmarthosts = 127.0.0.1:{sink.port}\n"
+        "security = none\n",
+    )
     client = Client(str(serverFiles.parent / "ca.pem"), rng)
     phases = ["data", "accepted", "relay"]
     phases += [rng.choice(phases) for _ in range(3)]

@@ -14,7 +14,7 @@ import ssl
 import threading
 
 import pytest
-from conftest import USERS, RunningServer, inReactor
+from conftest import USERS, RunningServer, inReactor, setRelay
 from sink import Sink, serverTLS, startSink
 from twisted.internet import reactor as globalReactor
 from twisted.logger import globalLogPublisher
@@ -100,8 +100,7 @@ def relayServer(serverFiles, relay: str) -> RunningServer:
     """
     msagate with the test configuration and a C{[relay]} section.
     """
-    with serverFiles.open("a") as file:
-        file.write("[relay]\n" + relay)
+    setRelay(serverFiles, relay)
     return RunningServer(serverFiles)
 
 

@@ -451,3 +451,16 @@ def test_pipeliningBehindSlowChecker(server):
     inReactor(slow.release)
     replies = [raw.reply()[:3] for _ in range(4)]
     assert replies == [b"235", b"250", b"250", b"354"]
+
+
+def test_testsStayOnLoopback():
+    """
+    The suite's guard refuses connections and datagrams to any address but
+    a loopback one, so no test can reach the network by mistake.
+    """
+    with socket.socket() as stream, pytest.raises(AssertionError):
+        stream.connect(("192.0.2.1", 25))
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as datagram:
+        with pytest.raises(AssertionError):
+            datagram.sendto(b"query", ("192.0.2.53", 53))
+        datagram.sendto(b"query", ("127.0.0.1", 9))

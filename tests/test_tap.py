@@ -16,7 +16,7 @@ import subprocess
 import sys
 
 import pytest
-from conftest import USERS
+from conftest import USERS, setRelay
 from twisted.internet import reactor
 
 from msagate._certs import CertificateAuthority, selfSigned
@@ -277,8 +277,7 @@ def test_unusableRelayFiles(serverFiles, relay, option, problem):
     the option named.
     """
     (serverFiles.parent / "empty").write_text("")
-    with serverFiles.open("a") as file:
-        file.write("[relay]\nmode = smarthost\nsmarthosts = mail\n" + relay)
+    setRelay(serverFiles, "mode = smarthost\nsmarthosts = mail\n" + relay)
     config = loadConfig(str(serverFiles))
 
     with pytest.raises(ConfigError) as raised:
