@@ -59,6 +59,9 @@ JITTER = 0.25
 
 SMARTHOST = ""
 
+# Why a message the administrator deleted left the queue.
+DELETED = "deleted by the administrator"
+
 
 @dataclass(frozen=True)
 class RelaySettings:
@@ -217,6 +220,7 @@ class RelayManager(Service):
         """
         message = self._find(queueID)
         message.state = replace(message.state, held=False, nextAttempt=0.0)
+        message.flushing = message.busy
         saved = self._save(message)
         saved.addCallback(lambda _: self._start(message))
         return saved.addCallback(lambda _: f"{queueID} released")
@@ -227,19 +231,17 @@ class RelayManager(Service):
         one whose files are damaged, which the manager does not track.
         """
         if queueID not in self.messages and self._store.exists(queueID):
-            removing = self._inPool(self._store.remove, queueID)
-            removing.addCallback(
-                lambda _: maillog.removed(
-                    queueID, "deleted by the administrator"
+            removing = self._removeFiles(queueID)
+            removing.addCallback(lambda _: maillog.removed(queueID, DELETED))
+        else:
+            message = self._find(queueID)
+            if message.busy:
+                message.deleting = True
+                return succeed(
+                    f"{queueID} will be deleted when its attempt ends"
                 )
-            )
-            return removing.addCallback(lambda _: f"{queueID} deleted")
-        message = self._find(queueID)
-        if message.busy:
-            message.deleting = True
-            return succeed(f"{queueID} will be deleted when its attempt ends")
-        _cancel(message)
-        removing = self._remove(message, "deleted by the administrator")
+            _cancel(message)
+            removing = self._remove(message, DELETED)
         return removing.addCallback(lambda _: f"{queueID} deleted")
 
     # Scheduling
@@ -257,12 +259,12 @@ class RelayManager(Service):
         )
 
     def _committed(self, queueID: str, envelope: Envelope) -> None:
-        if queueID in self.messages:
+        # While stopped, the queue on disk is what the next start reads.
+        if queueID in self.messages or not self.running:
             return
         message = _Message(queueID, envelope, DeliveryState(recipients={}))
         self.messages[queueID] = message
-        if self.running:
-            self._start(message)
+        self._start(message)
 
     def _schedule(self, message: _Message) -> None:
         _cancel(message)
@@ -398,7 +400,7 @@ class RelayManager(Service):
         )
         message.state = state
         if message.deleting:
-            await self._remove(message, "deleted by the administrator")
+            await self._remove(message, DELETED)
             return
 
         age = now - message.envelope.received

@@ -712,3 +712,34 @@ def test_connectorInterface():
         reactor, ClientSettings(heloName="msa.example.org"), None, 30
     )
     assert verifyObject(IConnector, connector)
+
+
+def test_releaseDuringAttempt(relay):
+    """
+    A message held and released while it is being tried is tried again as
+    soon as that attempt ends.
+    """
+    relay.connector.hang = True
+    queueID = relay.submit(["temp@example.net"])
+    relay.manager.hold(queueID)
+    relay.manager.release(queueID)
+
+    relay.connector.hanging.pop().callback(
+        [RecipientOutcome("temp@example.net", reply(451, "4.2.0 later"))]
+    )
+    assert len(relay.connector.hanging) == 1
+
+
+def test_committedWhileStopped(tmp_path):
+    """
+    A message committed while the manager is stopped (a report written as
+    it stops) is left to the queue on disk, which the next start reads.
+    """
+    relay = Relay(tmp_path / "spool")
+    queueID = relay.submit()
+    assert relay.manager.messages == {}
+
+    relay.start()
+    relay.clock.advance(0)
+    assert relay.connector.delivered[0][2] == ("bob@example.net",)
+    assert queueID not in relay.queued()
