@@ -27,7 +27,8 @@ from msagate.senders import checkDelimiter
 LISTENER_PREFIX = "listener:"
 TLS_MODES = ("starttls", "implicit")
 TLS_VERSIONS = ("TLSv1.2", "TLSv1.3")
-CHECKERS = ("htpasswd",)
+CHECKERS = ("htpasswd", "ldap")
+LDAP_SCHEMES = ("ldap://", "ldaps://")
 SENDER_DEFAULTS = ("login", "none")
 RELAY_MODES = ("mx", "smarthost")
 RELAY_SECURITY = ("starttls", "implicit", "opportunistic", "none")
@@ -49,7 +50,8 @@ class Option:
         option is required, C{""} when it is optional and empty.
     @ivar kind: how its text becomes a value: C{"text"}, C{"path"},
         C{"integer"}, C{"seconds"}, C{"boolean"}, C{"choice"},
-        C{"hosts"} (next hops, C{host[:port]} each), C{"nameservers"}
+        C{"words"} (a list separated by spaces or commas), C{"hosts"}
+        (next hops, C{host[:port]} each), C{"nameservers"}
         (C{address[:port]} each) or C{"delimiter"} (where an empty value
         means none, not the default).
     @ivar choices: the allowed values of a C{"choice"}.
@@ -102,6 +104,7 @@ OPTIONS = (
         SENDER_DEFAULTS,
     ),
     Option("senders", "detail_delimiter", "detailDelimiter", "+", "delimiter"),
+    Option("senders", "ldap", "senderLDAP", "no", "boolean"),
     Option("limits", "message_size", "messageSize", "26214400", "integer"),
     Option("limits", "recipients", "recipients", "100", "integer"),
     Option("limits", "errors", "errors", "20", "integer"),
@@ -152,6 +155,38 @@ OPTIONS = (
     Option("relay", "delay_warning", "delayWarning", "0", "seconds"),
     Option("relay", "mx_port", "mxPort", "25", "integer"),
     Option("relay", "dns_servers", "dnsServers", "", "nameservers"),
+    Option("ldap", "servers", "ldapServers", "", "words"),
+    Option("ldap", "start_tls", "ldapStartTLS", "yes", "boolean"),
+    Option("ldap", "ca_file", "ldapCAFile", "", "path"),
+    Option("ldap", "bind_dn", "ldapBindDN", ""),
+    Option("ldap", "bind_password_file", "ldapBindPasswordFile", "", "path"),
+    Option("ldap", "base_dn", "ldapBaseDN", ""),
+    Option(
+        "ldap",
+        "user_filter",
+        "ldapUserFilter",
+        "(&(objectClass=inetOrgPerson)(uid={login}))",
+    ),
+    Option("ldap", "user_dn", "ldapUserDN", ""),
+    Option("ldap", "user_attribute", "ldapUserAttribute", "uid"),
+    Option("ldap", "connect_timeout", "ldapConnectTimeout", "5", "seconds"),
+    Option("ldap", "timeout", "ldapTimeout", "10", "seconds"),
+    Option(
+        "ldap",
+        "sender_attributes",
+        "ldapSenderAttributes",
+        "mail mailAlternateAddress",
+        "words",
+    ),
+    Option("ldap", "group_filter", "ldapGroupFilter", ""),
+    Option("ldap", "group_base_dn", "ldapGroupBaseDN", ""),
+    Option(
+        "ldap",
+        "group_domain_attribute",
+        "ldapGroupDomainAttribute",
+        "associatedDomain",
+    ),
+    Option("ldap", "connections", "ldapConnections", "4", "integer"),
 )
 
 LISTENER_OPTIONS = (
@@ -178,6 +213,12 @@ _MINIMUMS = {
     "retry_minimum": 1,
     "retry_maximum": 1,
     "mx_port": 1,
+}
+# Minimums of options whose names other sections use too.
+_SECTION_MINIMUMS = {
+    ("ldap", "connect_timeout"): 0.1,
+    ("ldap", "timeout"): 0.1,
+    ("ldap", "connections"): 1,
 }
 _MAXIMUMS = {"mx_port": 65535}
 
@@ -252,6 +293,23 @@ class Config:
     delayWarning: float
     mxPort: int
     dnsServers: tuple[Host, ...]
+    senderLDAP: bool
+    ldapServers: tuple[str, ...]
+    ldapStartTLS: bool
+    ldapCAFile: str
+    ldapBindDN: str
+    ldapBindPasswordFile: str
+    ldapBaseDN: str
+    ldapUserFilter: str
+    ldapUserDN: str
+    ldapUserAttribute: str
+    ldapConnectTimeout: float
+    ldapTimeout: float
+    ldapSenderAttributes: tuple[str, ...]
+    ldapGroupFilter: str
+    ldapGroupBaseDN: str
+    ldapGroupDomainAttribute: str
+    ldapConnections: int
 
 
 def loadConfig(path: str) -> Config:
@@ -283,6 +341,7 @@ def loadConfig(path: str) -> Config:
     if values["checker"] == "htpasswd" and not values["htpasswd"]:
         problem = "required when checker = htpasswd"
         raise ConfigError(path, "auth", "htpasswd", problem)
+    reader.checkLDAP(values)
     values["postmaster"] = reader.postmaster(values["postmaster"], hostname)
     values["heloName"] = values["heloName"] or hostname
     reader.checkRelay(values)
@@ -357,6 +416,41 @@ class _Reader:
             self.fail("message", "postmaster", "domain is not qualified")
         return text
 
+    def checkLDAP(self, values: dict[str, Any]) -> None:
+        if values["checker"] != "ldap" and not values["senderLDAP"]:
+            return
+        if not values["ldapServers"]:
+            problem = "required when checker = ldap or [senders] ldap = yes"
+            self.fail("ldap", "servers", problem)
+        for url in values["ldapServers"]:
+            if not url.lower().startswith(LDAP_SCHEMES):
+                problem = f"{url!r} is not an ldap:// or ldaps:// URL"
+                self.fail("ldap", "servers", problem)
+        if values["senderLDAP"] and values["checker"] != "ldap":
+            # Without logins through the directory, only a service account
+            # can read the entries of users.
+            if not values["ldapBindDN"]:
+                problem = "required for [senders] ldap without checker = ldap"
+                self.fail("ldap", "bind_dn", problem)
+        if values["ldapBindDN"]:
+            # Search, then bind as the entry found.
+            if not values["ldapBindPasswordFile"]:
+                self.fail(
+                    "ldap", "bind_password_file", "required with bind_dn"
+                )
+            if not values["ldapBaseDN"]:
+                self.fail("ldap", "base_dn", "required with bind_dn")
+            if "{login}" not in values["ldapUserFilter"]:
+                self.fail("ldap", "user_filter", "must contain {login}")
+        elif "{login}" not in values["ldapUserDN"]:
+            problem = "must contain {login} when bind_dn is empty"
+            self.fail("ldap", "user_dn", problem)
+        group = values["ldapGroupFilter"]
+        if group and "{dn}" not in group:
+            self.fail("ldap", "group_filter", "must contain {dn}")
+        if not values["ldapUserAttribute"]:
+            self.fail("ldap", "user_attribute", "required")
+
     def checkRelay(self, values: dict[str, Any]) -> None:
         if values["relayMode"] == "smarthost" and not values["smarthosts"]:
             self.fail("relay", "smarthosts", "required when mode = smarthost")
@@ -380,6 +474,11 @@ class _Reader:
 
     def _text(self, text: str, section: str, option: Option) -> str:
         return text
+
+    def _words(
+        self, text: str, section: str, option: Option
+    ) -> tuple[str, ...]:
+        return tuple(text.replace(",", " ").split())
 
     def _hosts(
         self, text: str, section: str, option: Option
@@ -429,7 +528,9 @@ class _Reader:
             value = None
         if value is None or not math.isfinite(value):
             self.fail(section, option.name, f"{text!r} is not a number")
-        minimum = _MINIMUMS.get(option.name, 0)
+        minimum = _SECTION_MINIMUMS.get(
+            (section, option.name), _MINIMUMS.get(option.name, 0)
+        )
         if value < minimum:
             self.fail(section, option.name, f"must be at least {minimum}")
         maximum = _MAXIMUMS.get(option.name)

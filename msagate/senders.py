@@ -25,14 +25,23 @@ A sender map file gives each user a line of entries; see L{SenderMapFile}.
 
 from __future__ import annotations
 
+import operator
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from functools import reduce
 from typing import ClassVar
 
-from twisted.internet.defer import Deferred, succeed
+from twisted.internet.defer import (
+    Deferred,
+    FirstError,
+    gatherResults,
+    maybeDeferred,
+    succeed,
+)
 from twisted.internet.interfaces import IReactorFromThreads
 from twisted.internet.threads import deferToThreadPool
+from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
 from zope.interface import implementer
 
@@ -279,6 +288,38 @@ class SenderMapFile:
 
     def _parse(self, data: bytes) -> Mapping[str, SenderPermissions]:
         return parseSenderMap(data, self.detailDelimiter)
+
+
+@implementer(ISenderSource)
+class UnitedSenderSource:
+    """
+    The senders of several sources together: a user may use what any of
+    them permits (the map and the directory, say).  When one cannot
+    answer, the whole answer fails.
+    """
+
+    def __init__(self, sources: Sequence[ISenderSource]) -> None:
+        self.sources = tuple(sources)
+
+    def sendersFor(self, user: str) -> Deferred[SenderPermissions]:
+        """
+        @param user: the canonical user name.
+        @return: a L{Deferred} firing with the union of every source's
+            permissions.
+        """
+        asked = [
+            maybeDeferred(source.sendersFor, user) for source in self.sources
+        ]
+        united = gatherResults(asked, consumeErrors=True)
+        united.addErrback(_firstFailure)
+        return united.addCallback(lambda found: reduce(operator.or_, found))
+
+
+def _firstFailure(failure: Failure) -> Failure:
+    # gatherResults wraps the failure of the source that could not answer.
+    if isinstance(failure.value, FirstError):
+        return failure.value.subFailure
+    return failure
 
 
 def parseSenderMap(

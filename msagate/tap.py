@@ -38,11 +38,13 @@ from zope.interface import implementer
 
 from msagate._watched import FileFormatError
 from msagate.checkers.htpasswd import HtpasswdChecker
+from msagate.checkers.ldap import LDAPChecker
 from msagate.client import ClientSettings
 from msagate.config import Config, Listener, loadConfig
 from msagate.control import CONTROL, ControlEndpoint, ControlFactory
+from msagate.directory import LDAPDirectory, LDAPSenderSource, LDAPSettings
 from msagate.errors import ConfigError
-from msagate.interfaces import IServerReactor
+from msagate.interfaces import ISenderSource, IServerReactor
 from msagate.outbound import NextHopConnector, loadTrustRoot
 from msagate.protocol import (
     SessionSettings,
@@ -52,7 +54,11 @@ from msagate.protocol import (
 from msagate.queue import QueueStore, SpoolBusy, SpoolLock
 from msagate.realm import SubmissionRealm
 from msagate.relay import RelayManager, RelaySettings
-from msagate.senders import LoginSenderSource, SenderMapFile
+from msagate.senders import (
+    LoginSenderSource,
+    SenderMapFile,
+    UnitedSenderSource,
+)
 from msagate.spool import Spool
 from msagate.throttle import AuthThrottle
 from msagate.tls import TLSSetupError, serverOptions
@@ -146,7 +152,9 @@ def clientSettings(config: Config) -> ClientSettings:
     """
     password = ""
     if config.relayUsername:
-        password = _readPassword(config)
+        password = _readSecret(
+            config, "relay", "password_file", config.relayPasswordFile
+        )
     return ClientSettings(
         heloName=config.heloName,
         security=config.relaySecurity,
@@ -173,9 +181,12 @@ def buildService(
     authPool = _poolService("msagate-auth", config.authThreads, service)
     spoolPool = _poolService("msagate-spool", config.spoolThreads, service)
 
+    directory = _directory(config)
+    if directory is not None:
+        DirectoryService(directory).setServiceParent(service)
     portal = Portal(
-        SubmissionRealm(_senderSource(config, authPool, reactor)),
-        [_checker(config, authPool, reactor)],
+        SubmissionRealm(_senderSource(config, authPool, reactor, directory)),
+        [_checker(config, authPool, reactor, directory)],
     )
     try:
         tls = serverOptions(
@@ -402,28 +413,94 @@ def _poolService(name: str, size: int, parent: MultiService) -> ThreadPool:
     return pool
 
 
+def ldapSettings(config: Config, bindPassword: str) -> LDAPSettings:
+    """
+    @return: how to reach and read the directory, as C{config} says.
+    """
+    return LDAPSettings(
+        servers=config.ldapServers,
+        startTLS=config.ldapStartTLS,
+        caFile=config.ldapCAFile,
+        bindDN=config.ldapBindDN,
+        bindPassword=bindPassword,
+        baseDN=config.ldapBaseDN,
+        userFilter=config.ldapUserFilter,
+        userDN=config.ldapUserDN,
+        userAttribute=config.ldapUserAttribute,
+        connectTimeout=config.ldapConnectTimeout,
+        timeout=config.ldapTimeout,
+        senderAttributes=config.ldapSenderAttributes,
+        groupFilter=config.ldapGroupFilter,
+        groupBaseDN=config.ldapGroupBaseDN,
+        groupDomainAttribute=config.ldapGroupDomainAttribute,
+        poolSize=config.ldapConnections,
+    )
+
+
+class DirectoryService(Service):
+    """
+    Closes the directory's connections when msagate stops.
+    """
+
+    def __init__(self, directory: LDAPDirectory) -> None:
+        self.directory = directory
+
+    def stopService(self) -> None:
+        super().stopService()
+        self.directory.close()
+
+
+def _directory(config: Config) -> LDAPDirectory | None:
+    if config.checker != "ldap" and not config.senderLDAP:
+        return None
+    password = ""
+    if config.ldapBindDN:
+        password = _readSecret(
+            config, "ldap", "bind_password_file", config.ldapBindPasswordFile
+        )
+    if config.ldapCAFile and not os.access(config.ldapCAFile, os.R_OK):
+        problem = f"cannot read {config.ldapCAFile}"
+        raise ConfigError(config.path, "ldap", "ca_file", problem)
+    return LDAPDirectory(ldapSettings(config, password))
+
+
 def _checker(
-    config: Config, pool: ThreadPool, reactor: IReactorFromThreads
-) -> HtpasswdChecker:
+    config: Config,
+    pool: ThreadPool,
+    reactor: IReactorFromThreads,
+    directory: LDAPDirectory | None,
+) -> HtpasswdChecker | LDAPChecker:
+    if directory is not None and config.checker == "ldap":
+        return LDAPChecker(directory, pool, reactor)
     checker = HtpasswdChecker(config.htpasswd, pool, reactor)
     _loadNow(checker, config, "auth", "htpasswd")
     return checker
 
 
 def _senderSource(
-    config: Config, pool: ThreadPool, reactor: IReactorFromThreads
-) -> LoginSenderSource | SenderMapFile:
+    config: Config,
+    pool: ThreadPool,
+    reactor: IReactorFromThreads,
+    directory: LDAPDirectory | None,
+) -> ISenderSource:
+    source: ISenderSource
     if not config.senderMap:
-        return LoginSenderSource(config.senderDefault, config.detailDelimiter)
-    source = SenderMapFile(
-        config.senderMap,
-        pool,
-        reactor,
-        default=config.senderDefault,
-        detailDelimiter=config.detailDelimiter,
-    )
-    _loadNow(source, config, "senders", "map")
-    return source
+        source = LoginSenderSource(
+            config.senderDefault, config.detailDelimiter
+        )
+    else:
+        source = SenderMapFile(
+            config.senderMap,
+            pool,
+            reactor,
+            default=config.senderDefault,
+            detailDelimiter=config.detailDelimiter,
+        )
+        _loadNow(source, config, "senders", "map")
+    if directory is None or not config.senderLDAP:
+        return source
+    found = LDAPSenderSource(directory, pool, reactor, config.detailDelimiter)
+    return UnitedSenderSource([source, found])
 
 
 def _loadNow(
@@ -442,19 +519,22 @@ def _loadNow(
         raise ConfigError(config.path, section, option, problem) from None
 
 
-def _readPassword(config: Config) -> str:
+def _readSecret(config: Config, section: str, option: str, path: str) -> str:
+    """
+    @return: the first line of the file at C{path}.
+    @raise ConfigError: naming C{section} and C{option} when the file
+        cannot be read or its first line is empty.
+    """
     try:
-        with open(config.relayPasswordFile, encoding="utf-8") as file:
-            password = file.readline().rstrip("\r\n")
+        with open(path, encoding="utf-8") as file:
+            secret = file.readline().rstrip("\r\n")
     except (OSError, UnicodeDecodeError) as error:
-        problem = f"cannot read {config.relayPasswordFile}: {_why(error)}"
-        raise ConfigError(
-            config.path, "relay", "password_file", problem
-        ) from None
-    if not password:
-        problem = f"{config.relayPasswordFile} holds no password"
-        raise ConfigError(config.path, "relay", "password_file", problem)
-    return password
+        problem = f"cannot read {path}: {_why(error)}"
+        raise ConfigError(config.path, section, option, problem) from None
+    if not secret:
+        problem = f"{path} holds no password"
+        raise ConfigError(config.path, section, option, problem)
+    return secret
 
 
 def _trustRoot(config: Config) -> IOpenSSLTrustRoot | None:

@@ -224,3 +224,17 @@ def server(runningReactor, serverFiles):
     running = RunningServer(serverFiles)
     yield running
     running.stop()
+
+
+@pytest.fixture(scope="session")
+def slapd():
+    """
+    A private OpenLDAP server for the whole session (see L{tests.slapd}).
+    A machine without slapd fails the tests that need it, with the reason.
+    """
+    from tests.slapd import Slapd
+
+    server = Slapd()
+    server.start()
+    yield server
+    server.stop()

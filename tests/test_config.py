@@ -24,7 +24,6 @@ MINIMAL = {
 }
 
 # The Config attribute of each option of OPTIONS.
-ATTRIBUTES = {option.name: option.attribute for option in OPTIONS}
 
 
 def render(sections: dict[str, dict[str, str]]) -> str:
@@ -100,18 +99,20 @@ def defaultValue(option: msagate.config.Option) -> object:
         return float(option.default)
     if option.kind == "boolean":
         return {"yes": True, "no": False}[option.default]
+    if option.kind == "words":
+        return tuple(option.default.split())
     return option.default
 
 
 def test_attributeTableCoversOptions() -> None:
     """
-    Every option of OPTIONS has its Config attribute named in this test,
-    so the default check below misses none.
+    Every option of OPTIONS has a Config attribute of its own, so the
+    default check below misses none.
     """
-    names = {option.name for option in OPTIONS}
+    attributes = [option.attribute for option in OPTIONS]
     fields = {field.name for field in dataclasses.fields(Config)}
-    assert set(ATTRIBUTES) == names
-    assert set(ATTRIBUTES.values()) <= fields
+    assert len(set(attributes)) == len(attributes)
+    assert set(attributes) <= fields
 
 
 def test_minimalFileLoads(tmp_path: Path) -> None:
@@ -139,7 +140,7 @@ def test_defaults(tmp_path: Path, option: msagate.config.Option) -> None:
     An option left out of the file takes its default from OPTIONS.
     """
     config = loadConfig(write(tmp_path, MINIMAL))
-    value = getattr(config, ATTRIBUTES[option.name])
+    value = getattr(config, option.attribute)
     assert value == defaultValue(option)
     assert type(value) is type(defaultValue(option))
 
@@ -191,7 +192,57 @@ def test_configIsFrozen(tmp_path: Path) -> None:
         ),
         ({"tls": {"minimum_version": "TLSv1.1"}}, "tls", "minimum_version"),
         ({"tls": {"minimum_version": "tlsv1.2"}}, "tls", "minimum_version"),
-        ({"auth": {"checker": "ldap"}}, "auth", "checker"),
+        ({"auth": {"checker": "kerberos"}}, "auth", "checker"),
+        ({"auth": {"checker": "ldap"}}, "ldap", "servers"),
+        ({"senders": {"ldap": "yes"}}, "ldap", "servers"),
+        (
+            {"senders": {"ldap": "yes"}, "ldap": {"servers": "ldap://x"}},
+            "ldap",
+            "bind_dn",
+        ),
+        (
+            {"auth": {"checker": "ldap"}, "ldap": {"servers": "http://x"}},
+            "ldap",
+            "servers",
+        ),
+        (
+            {"auth": {"checker": "ldap"}, "ldap": {"servers": "ldap://x"}},
+            "ldap",
+            "user_dn",
+        ),
+        (
+            {
+                "auth": {"checker": "ldap"},
+                "ldap": {"servers": "ldap://x", "bind_dn": "cn=msa"},
+            },
+            "ldap",
+            "bind_password_file",
+        ),
+        (
+            {
+                "auth": {"checker": "ldap"},
+                "ldap": {
+                    "servers": "ldap://x",
+                    "bind_dn": "cn=msa",
+                    "bind_password_file": "pw",
+                },
+            },
+            "ldap",
+            "base_dn",
+        ),
+        (
+            {
+                "auth": {"checker": "ldap"},
+                "ldap": {
+                    "servers": "ldap://x",
+                    "user_dn": "uid={login},dc=x",
+                    "group_filter": "(member=x)",
+                },
+            },
+            "ldap",
+            "group_filter",
+        ),
+        ({"ldap": {"timeout": "0"}}, "ldap", "timeout"),
         ({"senders": {"default": "all"}}, "senders", "default"),
         ({"server": {"hostname": "localhost"}}, "server", "hostname"),
         ({"server": {"hostname": "msa_1.example"}}, "server", "hostname"),

@@ -24,10 +24,11 @@ from msagate.senders import (
     LoginSenderSource,
     SenderMapFile,
     SenderPermissions,
+    UnitedSenderSource,
     defaultPermissions,
     parseSenderMap,
 )
-from msagate.testing import ThreadResults
+from msagate.testing import StaticSenderSource, ThreadResults
 
 
 def resultOf(deferred: Deferred[Any], reactor: ThreadResults) -> Any:
@@ -573,3 +574,40 @@ def test_interfaces(pool: ThreadPool, reactor: ThreadResults) -> None:
     """
     assert verifyObject(ISenderSource, LoginSenderSource())
     assert verifyObject(ISenderSource, SenderMapFile("senders", pool, reactor))
+
+
+class _Unavailable:
+    """
+    A sender source whose backend is down.
+    """
+
+    def sendersFor(self, user: str) -> Deferred[SenderPermissions]:
+        failed: Deferred[SenderPermissions] = Deferred()
+        failed.errback(TemporaryAuthFailure("directory down"))
+        return failed
+
+
+def test_unitedSources() -> None:
+    """
+    United sources permit what any of them permits: the map's entries and
+    the directory's together; one that cannot answer fails the whole with
+    its own temporary failure.
+    """
+    united = UnitedSenderSource(
+        [
+            StaticSenderSource({"alice": ["alice@example.org"]}),
+            LoginSenderSource("login"),
+            StaticSenderSource({"alice": ["@example.net"]}),
+        ]
+    )
+    assert verifyObject(ISenderSource, united)
+    found: list[Any] = []
+    united.sendersFor("alice").addBoth(found.append)
+    [permissions] = found
+    for allowed in ("alice@example.org", "anyone@example.net"):
+        assert permissions.permits(parseMailbox(allowed))
+    assert not permissions.permits(parseMailbox("bob@example.org"))
+
+    broken = UnitedSenderSource([LoginSenderSource("login"), _Unavailable()])
+    broken.sendersFor("alice").addBoth(found.append)
+    assert found[-1].check(TemporaryAuthFailure)

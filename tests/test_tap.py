@@ -284,3 +284,44 @@ def test_unusableRelayFiles(serverFiles, relay, option, problem):
         buildService(config, reactor)
     assert (raised.value.section, raised.value.option) == ("relay", option)
     assert problem in raised.value.problem
+
+
+@pytest.mark.parametrize(
+    "ldap, option, problem",
+    [
+        (
+            "bind_password_file = missing\n",
+            "bind_password_file",
+            "cannot read",
+        ),
+        ("bind_password_file = empty\n", "bind_password_file", "no password"),
+        (
+            "bind_password_file = secret\nca_file = missing.pem\n",
+            "ca_file",
+            "cannot read",
+        ),
+    ],
+)
+def test_unusableDirectoryFiles(serverFiles, ldap, option, problem):
+    """
+    The directory's password file and CA file are checked at start-up:
+    one that cannot be used stops it with the option named.
+    """
+    (serverFiles.parent / "empty").write_text("")
+    (serverFiles.parent / "secret").write_text("service password\n")
+    text = serverFiles.read_text()
+    serverFiles.write_text(
+        text.replace("[auth]\n", "[auth]\nchecker = ldap\n")
+    )
+    with serverFiles.open("a") as file:
+        file.write(
+            "[ldap]\nservers = ldap://127.0.0.1:9\n"
+            "bind_dn = cn=msagate,dc=example,dc=org\n"
+            "base_dn = dc=example,dc=org\n" + ldap
+        )
+    config = loadConfig(str(serverFiles))
+
+    with pytest.raises(ConfigError) as raised:
+        buildService(config, reactor)
+    assert (raised.value.section, raised.value.option) == ("ldap", option)
+    assert problem in raised.value.problem
