@@ -13,7 +13,7 @@ import re
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, BinaryIO
+from typing import TYPE_CHECKING, BinaryIO, TypeVar
 
 from OpenSSL import SSL
 from service_identity import VerificationError
@@ -44,6 +44,8 @@ if TYPE_CHECKING:
         their interfaces says so alone.
         """
 
+
+_T = TypeVar("_T")
 
 # RFC 5321 section 4.5.3.1.5 allows 512 octets; extensions make replies
 # longer, and no reply needs more than this.
@@ -390,10 +392,16 @@ class ClientProtocol(Protocol):
             self.transport.abortConnection()
 
 
-def cancelling(call: IDelayedCall) -> Callable[[None], None]:
-    def cancel(ignored: None) -> None:
+def cancelling(call: IDelayedCall) -> Callable[[_T], _T]:
+    """
+    @return: a callback that cancels C{call} if it is still to come, and
+        passes its result on.
+    """
+
+    def cancel(result: _T) -> _T:
         if call.active():
             call.cancel()
+        return result
 
     return cancel
 

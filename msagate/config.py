@@ -194,33 +194,32 @@ LISTENER_OPTIONS = (
     Option(LISTENER_PREFIX + "*", "tls", "tls", None, "choice", TLS_MODES),
 )
 
-_MINIMUMS = {
-    "auth_threads": 1,
-    "spool_threads": 1,
-    "max_failures": 1,
-    "message_size": 65536,
-    "recipients": 100,
-    "errors": 1,
-    "idle_timeout": 1,
-    "line_length": 1000,
-    "header_size": 1000,
-    "max_received": 1,
-    "destination_connections": 1,
-    "max_connections": 1,
-    "connect_timeout": 1,
-    "command_timeout": 1,
-    "data_timeout": 1,
-    "retry_minimum": 1,
-    "retry_maximum": 1,
-    "mx_port": 1,
-}
-# Minimums of options whose names other sections use too.
-_SECTION_MINIMUMS = {
+# The bounds of numeric options, by section and name; 0 is the minimum of
+# any other.
+_MINIMUMS: dict[tuple[str, str], float] = {
+    ("server", "auth_threads"): 1,
+    ("server", "spool_threads"): 1,
+    ("auth", "max_failures"): 1,
+    ("limits", "message_size"): 65536,
+    ("limits", "recipients"): 100,
+    ("limits", "errors"): 1,
+    ("limits", "idle_timeout"): 1,
+    ("limits", "line_length"): 1000,
+    ("limits", "header_size"): 1000,
+    ("message", "max_received"): 1,
+    ("relay", "destination_connections"): 1,
+    ("relay", "max_connections"): 1,
+    ("relay", "connect_timeout"): 1,
+    ("relay", "command_timeout"): 1,
+    ("relay", "data_timeout"): 1,
+    ("relay", "retry_minimum"): 1,
+    ("relay", "retry_maximum"): 1,
+    ("relay", "mx_port"): 1,
     ("ldap", "connect_timeout"): 0.1,
     ("ldap", "timeout"): 0.1,
     ("ldap", "connections"): 1,
 }
-_MAXIMUMS = {"mx_port": 65535}
+_MAXIMUMS: dict[tuple[str, str], float] = {("relay", "mx_port"): 65535}
 
 
 @dataclass(frozen=True)
@@ -528,12 +527,10 @@ class _Reader:
             value = None
         if value is None or not math.isfinite(value):
             self.fail(section, option.name, f"{text!r} is not a number")
-        minimum = _SECTION_MINIMUMS.get(
-            (section, option.name), _MINIMUMS.get(option.name, 0)
-        )
+        minimum = _MINIMUMS.get((section, option.name), 0)
         if value < minimum:
             self.fail(section, option.name, f"must be at least {minimum}")
-        maximum = _MAXIMUMS.get(option.name)
+        maximum = _MAXIMUMS.get((section, option.name))
         if maximum is not None and value > maximum:
             self.fail(section, option.name, f"must be at most {maximum}")
         return value

@@ -19,9 +19,10 @@ from dataclasses import dataclass, field
 from typing import BinaryIO, TypeVar
 
 from twisted.internet.defer import Deferred, succeed
-from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
+from msagate._wire import cancelling
 from msagate.client import (
     DeliveryError,
     OutboundMessage,
@@ -30,7 +31,7 @@ from msagate.client import (
 )
 from msagate.interfaces import IConnector
 from msagate.nexthop import Host, NextHopError
-from msagate.queue import RecipientState
+from msagate.queue import DELIVERED, FAILED, PENDING, RecipientState
 
 _T = TypeVar("_T")
 
@@ -267,7 +268,7 @@ class _Destination:
                 waiter.callback(None)
 
         timer = reactor.callLater(LINGER, giveUp)
-        waiter.addBoth(_cancelling(timer))
+        waiter.addBoth(cancelling(timer))
         return waiter
 
     def _outbound(self, job: Job) -> OutboundMessage:
@@ -289,9 +290,9 @@ def outcomeStates(
     for outcome in outcomes:
         response = outcome.response
         status, default = {
-            2: ("delivered", "2.0.0"),
-            4: ("pending", "4.0.0"),
-        }.get(response.code // 100, ("failed", "5.0.0"))
+            2: (DELIVERED, "2.0.0"),
+            4: (PENDING, "4.0.0"),
+        }.get(response.code // 100, (FAILED, "5.0.0"))
         states[outcome.recipient] = RecipientState(
             status=status,
             reply=str(response),
@@ -316,7 +317,7 @@ def errorStates(
     if diagnostic:
         reply = f"{error.reason}: {diagnostic}"
     state = RecipientState(
-        status="failed" if error.permanent else "pending",
+        status=FAILED if error.permanent else PENDING,
         reply=reply,
         dsnStatus=error.status,
         remote=host,
@@ -336,15 +337,6 @@ class _Unreachable:
 
     error: DeliveryError | NextHopError
     host: str
-
-
-def _cancelling(timer: IDelayedCall) -> Callable[[_T], _T]:
-    def cancel(result: _T) -> _T:
-        if timer.active():
-            timer.cancel()
-        return result
-
-    return cancel
 
 
 def _closing(file: BinaryIO) -> Callable[[_T], _T]:

@@ -123,10 +123,17 @@ class DeliveryState:
         @return: the recipients of C{envelope} still pending, in envelope
             order.
         """
+        return self.withStatus(envelope, PENDING)
+
+    def withStatus(self, envelope: Envelope, status: str) -> tuple[str, ...]:
+        """
+        @return: the recipients of C{envelope} whose status is C{status},
+            in envelope order.
+        """
         return tuple(
             forwardPath
             for forwardPath in envelope.recipients
-            if self.recipient(forwardPath).status == PENDING
+            if self.recipient(forwardPath).status == status
         )
 
     def withRecipient(

@@ -44,6 +44,9 @@ from msagate.envelope import Envelope
 from msagate.interfaces import IConnector, IServerReactor
 from msagate.nexthop import Host, NextHopError, mailHosts
 from msagate.queue import (
+    DELIVERED,
+    FAILED,
+    PENDING,
     DeliveryState,
     QueueEntry,
     QueueStore,
@@ -371,9 +374,9 @@ class RelayManager(Service):
         self, message: _Message, recipient: str, update: RecipientState
     ) -> None:
         outcome = {
-            "delivered": "sent",
-            "failed": "bounced",
-            "pending": "deferred",
+            DELIVERED: "sent",
+            FAILED: "bounced",
+            PENDING: "deferred",
         }[update.status]
         delay = self._reactor.seconds() - message.envelope.received
         maillog.relayed(
@@ -432,13 +435,13 @@ class RelayManager(Service):
         days = self.settings.maxLifetime / 86400
         expired = {}
         for recipient in _pending(message):
-            last = message.state.recipients.get(recipient, RecipientState())
+            last = message.state.recipient(recipient)
             status = last.dsnStatus if last.dsnStatus[:1] == "4" else "4.4.7"
             reason = f"gave up after {days:g} days in the queue"
             if last.reply:
                 reason += f"; last reply: {last.reply}"
             expired[recipient] = replace(
-                last, status="failed", dsnStatus=status, reply=reason
+                last, status=FAILED, dsnStatus=status, reply=reason
             )
             self._logOutcome(message, recipient, expired[recipient])
         return expired
@@ -566,23 +569,11 @@ class RelayManager(Service):
 
 
 def _pending(message: _Message) -> tuple[str, ...]:
-    return _withStatus(message, "pending")
+    return message.state.pending(message.envelope)
 
 
 def _failed(message: _Message) -> tuple[str, ...]:
-    return _withStatus(message, "failed")
-
-
-def _withStatus(message: _Message, status: str) -> tuple[str, ...]:
-    """
-    @return: the message's recipients in that state, in envelope order.
-    """
-    recipients = message.state.recipients
-    return tuple(
-        recipient
-        for recipient in message.envelope.recipients
-        if recipients.get(recipient, RecipientState()).status == status
-    )
+    return message.state.withStatus(message.envelope, FAILED)
 
 
 def _removeAll(
